@@ -1,0 +1,88 @@
+"""`aipc`: one subcommand per DVC stage. dvc.yaml calls these and nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aipc", description=__doc__)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    p.add_argument("--root", type=Path, default=Path("."), help="project root holding artifacts/ and metrics/")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate params.yaml and exit")
+    for name, help_ in [
+        ("fetch", "materialise a model's checkpoint into artifacts/<model>/source"),
+        ("ir", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)"),
+    ]:
+        sub.add_parser(name, help=help_).add_argument("model")
+    for name, help_ in [
+        ("export", "build one variant into artifacts/<model>/<variant>"),
+        ("smoke", "run one artifact with its runtime; metrics/<model>/<variant>/smoke.json"),
+    ]:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("model")
+        s.add_argument("variant")
+    return p
+
+
+def _run(args: argparse.Namespace) -> None:
+    from pipeline import params as params_mod
+    from pipeline.layout import SOURCE, Layout
+
+    params = params_mod.load(args.params)
+    if args.command == "check":
+        print(f"{args.params}: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
+        return
+    if args.model not in params.models:
+        raise PipelineError(f"unknown model {args.model!r} (params.yaml models: {', '.join(params.models)})")
+    variant = getattr(args, "variant", None)
+    if variant is not None and variant not in params.variants:
+        raise PipelineError(f"unknown variant {variant!r} (params.yaml variants: {', '.join(params.variants)})")
+    layout = Layout(args.root)
+
+    if args.command == "fetch":
+        from pipeline import fetch, fsutil
+        from pipeline.record import measured
+
+        with measured(f"fetch@{args.model}") as rec:
+            rec["fetch"] = fetch.run(args.model, params.models[args.model], layout.artifact(args.model, SOURCE))
+        fsutil.write_json(layout.metrics(args.model, SOURCE, "fetch"), rec)
+    elif args.command == "ir":
+        from pipeline import export
+
+        export.run_ir(params, args.model, layout)
+    elif args.command == "export":
+        from pipeline import export
+
+        export.run(params, args.model, variant, layout)
+    elif args.command == "smoke":
+        from pipeline import smoke
+
+        smoke.run(params, args.model, variant, layout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except PipelineError as e:
+        if args.debug or os.environ.get("AIPC_DEBUG"):
+            traceback.print_exc()
+        print(f"aipc: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aipc: interrupted; partial outputs were removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

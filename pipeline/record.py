@@ -1,0 +1,43 @@
+"""What every stage records beside its outputs: wall time, peak memory, and the versions of the tool chain."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+import resource
+import time
+from collections.abc import Iterator
+
+TOOLCHAIN = (
+    "torch", "transformers", "optimum", "optimum-intel", "nncf", "openvino", "openvino-tokenizers",
+    "openvino-genai", "onnxruntime", "onnxruntime-genai", "huggingface-hub", "dvc",
+)
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in TOOLCHAIN:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or any child it waited for (ru_maxrss is KiB on Linux)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+@contextlib.contextmanager
+def measured(stage: str) -> Iterator[dict]:
+    """Yield a dict for the stage to fill; on exit it carries wall seconds, peak RSS and versions."""
+    rec: dict = {"stage": stage}
+    t0 = time.perf_counter()
+    yield rec
+    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    rec["peak_rss_mb"] = peak_rss_mb()
+    rec["versions"] = versions()
