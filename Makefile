@@ -7,22 +7,23 @@ export DVC_NO_ANALYTICS := 1
 .PHONY: setup repro test clean
 setup: $(VENV)/.installed
 
-# torch first, pinned to the CPU build where one is at hand (`pip install torch==2.13.0`); then optimum-intel
-# without its dependencies, because it requires torchvision, which would pull a CUDA torch of several GB that the
-# OpenVINO export never imports. Everything else optimum-intel needs is in pyproject.toml.
+# torch first, pinned to the CPU build where one is at hand (`pip install torch==2.13.0`); optimum-intel last and
+# without its dependencies: it requires torchvision, which would pull a CUDA torch of several GB that the OpenVINO
+# export never imports. Everything else optimum-intel needs is in pyproject.toml.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet --no-deps "optimum-intel==2.2.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "optimum-intel==2.2.0"
 	touch $@
 
+# dvc runs each stage's `aipc ...` through the shell, so the venv goes first on PATH.
 repro: setup
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV)

@@ -78,7 +78,7 @@ class OnnxGenaiVariant(Strict):
     backend: Literal["onnx_genai"]
     precision: Literal["int4", "int8", "fp16", "fp32"]
     execution_provider: Literal["cpu", "dml", "cuda", "webgpu"]
-    block_size: Literal[16, 32, 64, 128, 256] = 32  # int4 quantization block (the builder's `int4_block_size`)
+    block_size: Literal[16, 32, 64, 128, 256] = 32  # int4 quantization block (the builder ignores `int4_block_size`)
     is_symmetric: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
 

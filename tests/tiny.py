@@ -39,7 +39,7 @@ _BASE = dict(
     eos_token_id=3,
     pad_token_id=3,
     hidden_size=256,
-    intermediate_size=512,
+    intermediate_size=768,  # != vocab: the ORT builder takes any Linear with out_features == vocab for the LM head
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=4,

@@ -1,0 +1,175 @@
+"""The ONNX Runtime GenAI backend on the tiny Phi-3 family: builder export and its read-back, teacher-forced
+logits against the torch FP32 checkpoint, and smoke runs (DirectML variants on their CPU fallback)."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import onnx
+import onnxruntime_genai as og
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.backends import onnx_genai
+from pipeline.errors import PipelineError
+from pipeline.params import OnnxGenaiVariant, Prompt, SmokeParams
+from tests import tiny
+
+# The ONNX Runtime GenAI variants of params.yaml.
+VARIANTS = {
+    "ort-cpu-int4": OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu"),
+    "ort-dml-int4": OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="dml"),
+    "ort-dml-fp16": OnnxGenaiVariant(backend="onnx_genai", precision="fp16", execution_provider="dml"),
+}
+IDS = [int(i) for i in np.random.default_rng(0).integers(len(tiny.SPECIALS), tiny.VOCAB, 64)]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over positions of the cosine between logit rows."""
+    return float(np.mean(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))))
+
+
+def torch_logits(source, ids) -> np.ndarray:
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_models, tmp_path_factory):
+    """exported(kind, variant_name) -> (artifact dir, export record), built once per session."""
+    base = tmp_path_factory.mktemp("ort-artifacts")
+    done = {}
+
+    def get(kind: str, name: str):
+        if (kind, name) not in done:
+            out = base / f"{kind}-{name}"
+            out.mkdir()
+            done[kind, name] = out, onnx_genai.export(tiny_models[kind], VARIANTS[name], out)
+        return done[kind, name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_models):
+    """reference(kind) -> torch FP32 logits of IDS."""
+    done = {}
+
+    def get(kind: str) -> np.ndarray:
+        if kind not in done:
+            done[kind] = torch_logits(tiny_models[kind], IDS)
+        return done[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("kind", tiny.FAMILY)
+def test_logits_match_torch_fp32(kind, name, exported, reference):
+    artifact, record = exported(kind, name)
+    variant = VARIANTS[name]
+    assert not (artifact / onnx_genai.BUILDER_CACHE).exists()
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"} <= set(record["files"])
+
+    got = onnx_genai.logits(artifact, variant, IDS)
+    assert got.shape == (len(IDS), tiny.VOCAB) and got.dtype == np.float32
+    if variant.precision == "fp16":
+        assert cosine(got, reference(kind)) >= 0.999
+    else:
+        assert record["graph"]["matmulnbits"]["bits"] == [4]
+        fp16_artifact, _ = exported(kind, "ort-dml-fp16")
+        fp16 = cosine(onnx_genai.logits(fp16_artifact, VARIANTS["ort-dml-fp16"], IDS), reference(kind))
+        # Measured 0.973-0.980 against 1.000 for fp16 on these models.
+        assert 0.95 <= cosine(got, reference(kind)) <= fp16 - 0.005
+
+
+def test_longrope_past_the_original_context(exported, tiny_models):
+    # 4200 tokens > original_max_position_embeddings (4096): torch and the ONNX graph both switch every position to
+    # the long factors (about 1 s each side on the tiny model). Random weights attend almost uniformly, so short
+    # against long factors moves the cosine by only ~0.0015: the bound is 0.9999 here (fp16 measures 0.9999998).
+    ids = [int(i) for i in np.random.default_rng(1).integers(len(tiny.SPECIALS), tiny.VOCAB, 4200)]
+    want = torch_logits(tiny_models["mini-128k"], ids)
+    assert cosine(want[:2048], torch_logits(tiny_models["mini-128k"], ids[:2048])) < 0.9995  # the factors differ
+    artifact, _ = exported("mini-128k", "ort-dml-fp16")
+    assert cosine(onnx_genai.logits(artifact, VARIANTS["ort-dml-fp16"], ids), want) >= 0.9999
+
+
+def test_fp16_graph_fails_the_int4_check(exported):
+    artifact, _ = exported("mini-4k", "ort-dml-fp16")
+    with pytest.raises(PipelineError, match="int4 variant, but model.onnx has no MatMulNBits") as err:
+        onnx_genai.check_graph(onnx_genai.read_back(artifact), VARIANTS["ort-cpu-int4"])
+    assert "\n" not in str(err.value)
+
+
+def test_quantization_options_reach_the_graph(tiny_models, tmp_path):
+    # Non-default values for every option, read from the ONNX file itself rather than from our own read-back.
+    variant = OnnxGenaiVariant(
+        backend="onnx_genai", precision="int4", execution_provider="cpu", block_size=64, is_symmetric=False,
+        accuracy_level=1,
+    )
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path)
+    assert record["extra_options"] == {
+        "hf_token": "false", "block_size": "64", "is_symmetric": "false", "accuracy_level": "1",
+    }
+    nodes = [n for n in onnx.load(tmp_path / "model.onnx", load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert nodes and {(a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs} == {(4, 64, 1)}
+    assert all(len(n.input) > 3 and n.input[3].endswith("zero_points") for n in nodes)
+    # Stamped with the wheel's own commit, not with this project's HEAD (the builder asks git; see _git_hidden).
+    assert record["graph"]["producer"] == f"onnxruntime-genai {og.__version__}+{og.__commit__[:7]}"
+
+
+def test_lm_head_mistaken_by_builder_is_caught(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(tiny._BASE, "intermediate_size", tiny.VOCAB)
+        source = tiny.build("mini-4k", tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PipelineError, match="reads '/model/layers.0/.*not the final norm") as err:
+        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out")
+    assert "\n" not in str(err.value)
+
+
+SMOKE = SmokeParams(
+    prompts=[
+        Prompt(text="What is the capital of France?", expect="Paris"),
+        Prompt(text="Write one sentence about the sea."),
+    ],
+    max_new_tokens=8,
+)
+
+
+@pytest.mark.parametrize("name", ["ort-cpu-int4", "ort-dml-fp16"])
+def test_smoke(name, exported, tiny_models):
+    artifact, _ = exported("mini-4k", name)
+    record = onnx_genai.smoke(artifact, VARIANTS[name], SMOKE, tiny_models["mini-4k"])
+    assert record["status"] == "passed", record["reason"]
+    assert record["tokenizer_parity"]["status"] == "passed"
+    [run] = record["runs"]
+    if name == "ort-cpu-int4":
+        assert (run["requested"], run["device"], run["fallback"]) == ("cpu", "CPU", None)
+    else:  # DirectML wheels are Windows-only: here the CPU provider runs the DML graph, and the record says so
+        assert (run["requested"], run["device"]) == ("dml", "CPU")
+        assert run["fallback"] == f"DirectML unavailable on {platform.system()}: CPU execution provider"
+    # Random weights: the text means nothing, but tokens must have come out, with timings.
+    for p in run["prompts"]:
+        assert p["new_tokens"] > 0 and p["ttft_ms"] > 0
+    assert [(p["expect"], type(p["contains_expect"])) for p in run["prompts"]] == [("Paris", bool), (None, type(None))]
+
+
+def test_smoke_failure_is_a_record(tmp_path, tiny_models):
+    record = onnx_genai.smoke(tmp_path, VARIANTS["ort-cpu-int4"], SMOKE, tiny_models["mini-4k"])
+    assert record["status"] == "failed"
+    assert record["reason"] and "\n" not in record["reason"]
+
+
+def test_export_needs_a_checkpoint_dir(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PipelineError, match="no config.json") as err:
+        onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not any((tmp_path / "out").iterdir())

@@ -1,0 +1,111 @@
+"""The pipeline as users drive it: `dvc repro` in a project, the `aipc` stage commands, their failures."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from tests import project
+from tests.conftest import ROOT
+
+SMOKE = {"max_new_tokens": 4, "prompts": [{"text": "What is the capital of France?"}]}
+
+
+def _params(models: dict, variants: list[str]) -> dict:
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE}
+
+
+def _changed_stages(proj) -> set[str]:
+    out = project.dvc(proj, "status", "--json").stdout
+    return set(json.loads(out or "{}"))
+
+
+def test_two_models_side_by_side(tmp_path, tiny_models):
+    models = {
+        "mini": {"source": "local", "id": str(tiny_models["mini-4k"])},
+        "medium": {"source": "local", "id": str(tiny_models["medium-4k"])},
+    }
+    proj = project.make(tmp_path, _params(models, ["ov-int4", "ort-cpu-int4"]))
+    project.dvc(proj, "repro")
+
+    for model in models:
+        for variant in ("ov-int4", "ort-cpu-int4"):
+            art = proj / "artifacts" / model / variant
+            assert (art / "manifest.sha256.json").is_file()
+            smoke = json.loads((proj / "metrics" / model / variant / "smoke.json").read_text())
+            assert smoke["status"] == "passed", smoke.get("reason")
+            assert smoke["runs"][0]["prompts"][0]["new_tokens"] > 0
+        assert (proj / "artifacts" / model / "ov-int4" / "openvino_model.xml").is_file()
+    assert not list(proj.glob("artifacts/*/.*partial*"))
+
+    # Nothing changed: a second repro runs no stage.
+    assert _changed_stages(proj) == set()
+    second = project.dvc(proj, "repro")
+    assert "Running stage" not in second.stdout
+
+    # One variant's knob: only that variant's stages, for every model, go stale.
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["variants"]["ov-int4"]["ratio"] = 0.8
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _changed_stages(proj) == {
+        "export@mini-ov-int4", "smoke@mini-ov-int4", "export@medium-ov-int4", "smoke@medium-ov-int4",
+    }
+
+
+def test_stage_errors_are_one_line_and_leave_no_partial_artifact(tmp_path, tiny_model):
+    models = {"mini": {"source": "local", "id": str(tiny_model)}}
+    proj = project.make(tmp_path, _params(models, ["ort-cpu-int4"]))
+    project.aipc(proj, "fetch", "mini")
+    weights = proj / "artifacts" / "mini" / "source" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last tensor
+    weights.write_bytes(bytes(data))
+
+    proc = project.aipc(proj, "export", "mini", "ort-cpu-int4", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]
+    assert re.search(r"aipc: error: .*model\.safetensors: sha256 mismatch", err), proc.stderr
+    assert not (proj / "artifacts" / "mini" / "ort-cpu-int4").exists()
+    assert not list((proj / "artifacts" / "mini").glob(".*partial*"))
+
+
+def test_misspelt_params_key_fails_the_stage_naming_the_key(tmp_path, tiny_model):
+    params = _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ov-fp16"])
+    params["variants"]["ov-fp16"]["weight_fromat"] = "fp16"
+    proj = project.make(tmp_path, params)
+    proc = project.aipc(proj, "fetch", "mini", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "aipc: error: params.yaml: unknown key 'variants.ov-fp16.weight_fromat' (valid keys here: backend, "
+        "weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu)"
+    )
+    assert not (proj / "artifacts").exists()
+
+
+def test_unknown_model_or_variant(tmp_path, tiny_model):
+    proj = project.make(tmp_path, _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ov-fp16"]))
+    assert "unknown model 'nope' (params.yaml models: mini)" in project.aipc(proj, "fetch", "nope", check=False).stderr
+    proc = project.aipc(proj, "smoke", "mini", "ov-int8", check=False)
+    assert "unknown variant 'ov-int8' (params.yaml variants: ov-fp16)" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_default_pipeline_end_to_end(tmp_path):
+    """The README's first command on the embedded default, in a fresh copy of the project."""
+    proj = project.make(tmp_path)
+    run = project.dvc(proj, "repro")
+    print(run.stdout[-3000:])
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    for variant in params["variants"]:
+        smoke = json.loads((proj / "metrics" / "smollm2" / variant / "smoke.json").read_text())
+        assert smoke["status"] == "passed", (variant, smoke.get("reason"))
+        answer = smoke["runs"][0]["prompts"][0]["text"]
+        print(f"{variant}: {smoke['runs'][0]['device']}: {answer!r}")
+        if variant in ("ov-fp16", "ort-cpu-int4"):
+            assert "Paris" in answer, (variant, answer)
+    assert _changed_stages(proj) == set()
+    assert "Running stage" not in project.dvc(proj, "repro").stdout
