@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         ("ir", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)"),
     ]:
         sub.add_parser(name, help=help_).add_argument("model")
+    sub.add_parser("native", help="runtime wheels or a source build of one target into artifacts/native/<target>")\
+        .add_argument("target")
+    sub.add_parser("runner", help="our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 IR").add_argument("model")
     for name, help_ in [
         ("export", "build one variant into artifacts/<model>/<variant>"),
         ("smoke", "run one artifact with its runtime; metrics/<model>/<variant>/smoke.json"),
@@ -40,6 +43,16 @@ def _run(args: argparse.Namespace) -> None:
     params = params_mod.load(args.params)
     if args.command == "check":
         print(f"{args.params}: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
+        return
+    if args.command == "native":
+        from pipeline import fsutil, native
+        from pipeline.record import measured
+
+        if args.target not in params.native:
+            raise PipelineError(f"unknown native target {args.target!r} (params.yaml native: {', '.join(params.native)})")
+        with measured(f"build_native@{args.target}") as rec:
+            rec["build"] = native.run(params.native[args.target], args.root / "artifacts" / "native" / args.target)
+        fsutil.write_json(args.root / "metrics" / "native" / f"{args.target}.json", rec)
         return
     if args.model not in params.models:
         raise PipelineError(f"unknown model {args.model!r} (params.yaml models: {', '.join(params.models)})")
@@ -63,6 +76,18 @@ def _run(args: argparse.Namespace) -> None:
         from pipeline import export
 
         export.run(params, args.model, variant, layout)
+    elif args.command == "runner":
+        from pipeline import fsutil, native
+
+        from pipeline.layout import IR_FP16
+
+        ir = layout.artifact(args.model, IR_FP16)
+        fsutil.verify_manifest(ir)
+        rec = native.runner_smoke(ir, [p.text for p in params.smoke.prompts], params.smoke.max_new_tokens,
+                                  args.root / "build_native" / "out" / "ov_runner")
+        fsutil.write_json(layout.metrics(args.model, IR_FP16, "runner"), rec)
+        if rec["status"] != "passed":
+            raise PipelineError(f"native runner on {args.model}/{IR_FP16}: {rec['reason']}")
     elif args.command == "smoke":
         from pipeline import smoke
 

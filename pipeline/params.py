@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.native import GitSource, NativeParams, SourceParams, WheelParams
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.]*[a-z0-9]$|^[a-z0-9]$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -103,8 +104,9 @@ class Params(Strict):
     models: dict[str, ModelParams] = Field(min_length=1)
     variants: dict[str, Variant] = Field(min_length=1)
     smoke: SmokeParams
+    native: dict[str, NativeParams]  # build_native@<target>; {} for none (dvc.yaml needs the key)
 
-    @field_validator("models", "variants")
+    @field_validator("models", "variants", "native")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
@@ -133,6 +135,13 @@ def _schema_at(loc: str, raw: dict[str, Any]) -> type[BaseModel] | None:
         return ModelParams
     if parts[0] == "smoke":
         return SmokeParams if len(parts) == 1 else Prompt
+    if parts[0] == "native":
+        tail = parts[2:]
+        if not tail:
+            return NativeParams
+        if tail in (["wheel"], ["source"]):
+            return WheelParams if tail == ["wheel"] else SourceParams
+        return GitSource if len(tail) == 2 and tail[0] == "source" else None
     if parts[0] == "variants" and len(parts) == 2:
         backend = (raw.get("variants") or {}).get(parts[1], {}).get("backend")
         return {"openvino": OpenVINOVariant, "onnx_genai": OnnxGenaiVariant}.get(backend)

@@ -16,7 +16,7 @@ SMOKE = {"max_new_tokens": 4, "prompts": [{"text": "What is the capital of Franc
 
 def _params(models: dict, variants: list[str]) -> dict:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE}
+    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE, "native": {}}
 
 
 def _changed_stages(proj) -> set[str]:

@@ -1,0 +1,215 @@
+"""The OpenVINO backend on the tiny Phi-3 family: FP16 IR export, NNCF variants, weight read-back, logits against
+the torch FP32 model, and the GenAI smoke run (CPU, and the NPU pipeline on CPU where no NPU exists)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.backends import openvino as backend
+from pipeline.errors import PipelineError
+from pipeline.params import OpenVINOVariant, Prompt, SmokeParams
+from tests import tiny
+
+# Tracing inside optimum's export warns about every shape-dependent branch of the torch model; noise here.
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
+# The variants params.yaml ships, spelled out: these tests assert their exact promises.
+VARIANTS = {
+    "ov-fp16": OpenVINOVariant(backend="openvino", weight_format="fp16"),
+    "ov-int4": OpenVINOVariant(backend="openvino", weight_format="int4", group_size=128, ratio=0.6, sym=True),
+    "ov-int4-npu": OpenVINOVariant(
+        backend="openvino", weight_format="int4", group_size=-1, ratio=1.0, sym=True, npu=True
+    ),
+}
+SMOKE = SmokeParams(
+    prompts=[
+        Prompt(text="What is the capital of France?", expect="Paris"),
+        Prompt(text="Write one sentence about the sea."),
+    ],
+    max_new_tokens=8,
+)
+IDS = np.random.default_rng(0).integers(8, tiny.VOCAB, 64).tolist()  # past the special tokens
+# Longer than original_max_position_embeddings (4096), so longrope switches to its long factors.
+LONG_IDS = np.random.default_rng(1).integers(8, tiny.VOCAB, 4200).tolist()
+
+
+def _empty_dir(path):
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fp16_irs(tiny_models, tmp_path_factory) -> dict:
+    """kind -> (FP16 IR dir, export_ir record), one export per family member."""
+    base = tmp_path_factory.mktemp("ov-ir")
+    return {kind: (base / kind, backend.export_ir(src, _empty_dir(base / kind))) for kind, src in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def artifacts(tiny_models, fp16_irs, tmp_path_factory) -> dict:
+    """(kind, variant name) -> (artifact dir, export record), every variant derived from the FP16 IR."""
+    base = tmp_path_factory.mktemp("ov-variants")
+    made = {}
+    for kind, src in tiny_models.items():
+        for name, variant in VARIANTS.items():
+            out = _empty_dir(base / kind / name)
+            made[kind, name] = (out, backend.export(src, variant, out, ir_fp16=fp16_irs[kind][0]))
+    return made
+
+
+@pytest.fixture(scope="session")
+def torch_logits(tiny_models) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for kind, src in tiny_models.items():
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        with torch.no_grad():
+            out[kind] = model(torch.tensor([IDS])).logits[0].numpy()
+            if kind == "mini-128k":
+                out[kind, "long"] = model(torch.tensor([LONG_IDS])).logits[0].numpy()
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
+    for ir, record in fp16_irs.values():
+        for name in ("openvino_model.xml", "openvino_model.bin", *backend.TOKENIZER_IRS, "config.json"):
+            assert name in record["files"] and (ir / name).is_file()
+        assert record["seconds"] > 0
+
+
+@pytest.mark.parametrize("kind", list(tiny.FAMILY))
+def test_logits_track_torch_fp32_and_tell_precisions_apart(kind, artifacts, torch_logits):
+    ref = torch_logits[kind]
+    cos, err = {}, {}
+    for name, variant in VARIANTS.items():
+        got = backend.logits(artifacts[kind, name][0], variant, IDS)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        cos[name] = float(_cosine(got, ref).mean())
+        err[name] = float(np.abs(got - ref).mean() / np.abs(ref).mean())
+    # Measured on these models: fp16 cosine 1.00000 (error 0.0006); int4 g128 r0.6 0.981-0.998 (error 0.07-0.20,
+    # depending on how many layers NNCF's ratio made int4: 2 to 5 of 8); channel-wise r1.0 0.961-0.972.
+    assert cos["ov-fp16"] >= 0.999 and err["ov-fp16"] < 0.005, (cos, err)
+    assert cos["ov-int4"] >= 0.9 and err["ov-int4"] > max(0.02, 10 * err["ov-fp16"]), (cos, err)
+    assert 0.9 <= cos["ov-int4-npu"] < cos["ov-int4"], cos  # every linear layer int4, one scale per channel
+
+
+def test_longrope_past_original_context(artifacts, torch_logits):
+    got = backend.logits(artifacts["mini-128k", "ov-fp16"][0], VARIANTS["ov-fp16"], LONG_IDS)
+    cos = _cosine(got, torch_logits["mini-128k", "long"])
+    # An IR that kept the short factors scores ~0.9988 here (torch's own short- vs long-factor logits).
+    assert cos.mean() >= 0.9999 and cos[4096:].mean() >= 0.9999
+
+
+@pytest.mark.parametrize("kind", list(tiny.FAMILY))
+def test_export_records_the_weight_precisions_read_back(kind, artifacts):
+    fp16 = artifacts[kind, "ov-fp16"][1]["weights"]
+    assert fp16["element_types"] == {"f16": 10} and fp16["group_sizes"] == {}  # 8 linear + embedding + lm_head
+
+    int4 = artifacts[kind, "ov-int4"][1]["weights"]
+    assert set(int4["element_types"]) == {"i4", "u8"}  # int4 sym; backup, embedding and lm_head int8 asym
+    assert int4["zero_points"] == int4["element_types"]["u8"]
+    assert int4["group_sizes"] == {"128": int4["element_types"]["i4"], "-1": int4["element_types"]["u8"]}
+    assert int4["fallbacks"] == [] and 0 < int4["int4_param_fraction"] < 0.6  # NNCF stops below the ratio
+
+    npu = artifacts[kind, "ov-int4-npu"][1]["weights"]
+    assert npu["element_types"] == {"i4": 8, "u8": 2} and npu["group_sizes"] == {"-1": 10}
+    assert npu["int4_fraction"] == 1.0
+
+
+def test_readback_rejects_asymmetric_weights_for_a_sym_variant(tiny_model, fp16_irs, tmp_path):
+    asym = VARIANTS["ov-int4"].model_copy(update={"sym": False})
+    record = backend.export(tiny_model, asym, tmp_path, ir_fp16=fp16_irs["mini-4k"][0])
+    assert "u4" in record["weights"]["element_types"]
+    with pytest.raises(PipelineError, match=r"int4 sym variant but int4 weights are u4 with zero points") as err:
+        backend.weight_precisions(tmp_path / backend.MODEL_XML, VARIANTS["ov-int4"])
+    assert "\n" not in str(err.value)
+
+
+def test_readback_rejects_fp16_weights_for_int4(fp16_irs):
+    with pytest.raises(PipelineError, match=r"int4 variant but no weight is int4 \(found f16\)") as err:
+        backend.weight_precisions(fp16_irs["mini-4k"][0] / backend.MODEL_XML, VARIANTS["ov-int4-npu"])
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="session")
+def odd_width(tmp_path_factory):
+    """A tiny checkpoint whose hidden size (192) is not a multiple of 128, like SmolLM2's 576."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    src = tmp_path_factory.mktemp("odd-width")
+    torch.manual_seed(0)
+    shape = {"hidden_size": 192, "intermediate_size": 384, "num_attention_heads": 3, "num_key_value_heads": 3}
+    Phi3ForCausalLM(Phi3Config(**{**tiny._BASE, **tiny.FAMILY["mini-4k"], **shape})).save_pretrained(src)
+    tiny.build_tokenizer(src)
+    return src
+
+
+def test_group_size_fallback_adjust_is_recorded(odd_width, tmp_path):
+    variant = VARIANTS["ov-int4"].model_copy(update={"ratio": 1.0, "group_size_fallback": "adjust"})
+    out = _empty_dir(tmp_path / "out")
+    weights = backend.export(odd_width, variant, out, ir_fp16=None)["weights"]  # FP16 IR made on the way
+    # qkv, o and gate_up read 192 channels: group 64; down_proj reads 384: group 128. Two layers each.
+    assert weights["group_sizes"] == {"-1": 2, "128": 2, "64": 6}
+    assert len(weights["fallbacks"]) == 6
+    assert {(f["type"], f["group_size"], f["in_channels"]) for f in weights["fallbacks"]} == {("i4", 64, 192)}
+    assert weights["int4_fraction"] == 1.0
+
+
+def test_group_size_fallback_error_is_one_line(odd_width, tmp_path):
+    ir = backend.export_ir(odd_width, _empty_dir(tmp_path / "ir"))
+    assert ir["files"]
+    variant = VARIANTS["ov-int4"].model_copy(update={"group_size_fallback": "error"})
+    # Only the layers NNCF's ratio picks for int4 must take the group: here 2 of the 6 with 192 channels.
+    with pytest.raises(PipelineError, match=r"group size 128 does not divide the input channels of \d+ layers") as err:
+        backend.export(odd_width, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir")
+    assert "\n" not in str(err.value)
+
+
+def test_retrace_from_checkpoint_gives_the_same_precisions(tiny_model, artifacts, tmp_path):
+    variant = VARIANTS["ov-int4"].model_copy(update={"from_fp16_ir": False})
+    record = backend.export(tiny_model, variant, tmp_path, ir_fp16=None)
+    derived_dir, derived = artifacts["mini-4k", "ov-int4"]
+    assert record["method"].startswith("optimum-intel export with weight quantization")
+    assert record["weights"] == derived["weights"]
+    # Quantizing f32 rather than f16-rounded weights changes a few codes, not the model.
+    cos = _cosine(backend.logits(tmp_path, variant, IDS), backend.logits(derived_dir, variant, IDS))
+    assert cos.mean() >= 0.999
+
+
+@pytest.mark.parametrize("name", ["ov-fp16", "ov-int4-npu"])
+def test_smoke_runs_and_records(name, tiny_model, artifacts):
+    import openvino as ov
+
+    record = backend.smoke(artifacts["mini-4k", name][0], VARIANTS[name], SMOKE, tiny_model)
+    assert record["status"] == "passed", record["reason"]
+    assert record["tokenizer_parity"]["status"] == "passed" and record["chat_template"]["status"] == "passed"
+    assert set(record["versions"]) == {"openvino", "openvino-genai", "openvino-tokenizers"}
+    cpu, *npu = record["runs"]
+    assert (cpu["requested"], cpu["device"], cpu["fallback"]) == ("CPU", "CPU", None)
+    assert len(npu) == VARIANTS[name].npu
+    if npu:
+        assert npu[0]["requested"] == "NPU"
+        if "NPU" not in ov.Core().available_devices:
+            assert npu[0]["device"] == "CPU"
+            assert npu[0]["fallback"] == {"via": "NPUW_DEVICES=CPU", "reason": "no NPU device"}
+    for run in record["runs"]:
+        assert [p["prompt"] for p in run["prompts"]] == [p.text for p in SMOKE.prompts]
+        for p in run["prompts"]:
+            # Random weights: text is noise, so only that tokens came and were timed.
+            assert 0 < p["new_tokens"] <= SMOKE.max_new_tokens and p["ttft_ms"] > 0 and p["tokens_per_s"] > 0
+            assert p["prompt_tokens"] > 10  # the chat template was applied (the bare prompt is 7 tokens)
+            assert p["contains_expect"] == (None if p["expect"] is None else p["expect"] in p["text"])
+
+
+def test_smoke_failure_is_a_record_not_an_exception(tiny_model, tmp_path):
+    record = backend.smoke(tmp_path, VARIANTS["ov-fp16"], SMOKE, tiny_model)
+    assert record["status"] == "failed"
+    assert "openvino_tokenizer.xml" in record["reason"] and "\n" not in record["reason"]
