@@ -194,12 +194,13 @@ def test_smoke_runs_and_records(name, tiny_model, artifacts):
     assert set(record["versions"]) == {"openvino", "openvino-genai", "openvino-tokenizers"}
     cpu, *npu = record["runs"]
     assert (cpu["requested"], cpu["device"], cpu["fallback"]) == ("CPU", "CPU", None)
+    assert cpu["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert len(npu) == VARIANTS[name].npu
     if npu:
         assert npu[0]["requested"] == "NPU"
         if "NPU" not in ov.Core().available_devices:
             assert npu[0]["device"] == "CPU"
-            assert npu[0]["fallback"] == {"via": "NPUW_DEVICES=CPU", "reason": "no NPU device"}
+            assert npu[0]["fallback"] == "no NPU device: the NPU pipeline ran on CPU (NPUW_DEVICES=CPU)"
     for run in record["runs"]:
         assert [p["prompt"] for p in run["prompts"]] == [p.text for p in SMOKE.prompts]
         for p in run["prompts"]:

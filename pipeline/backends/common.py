@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 
 
@@ -62,3 +64,35 @@ def tokenizer_parity(
                 "reason": f"detokenizer mismatch at character {pos} for prompt {prompt!r}: {back[pos:pos + 20]!r}",
             }
     return {"status": "passed", "prompts": len(prompts)}
+
+
+# OpenVINO and GenAI put source locations on lines of their own ("Exception from .../utils.cpp:500:",
+# "Check 'x' failed at .../tokenizer_impl.cpp:627:"); the cause is the first line after them.
+_SOURCE_LOCATION = re.compile(r"^(Exception from \S+:\d+:|Check .* failed at \S+:\d+:)$")
+
+
+def one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not _SOURCE_LOCATION.match(line)]
+    return f"{type(e).__name__}: {(useful or lines or [''])[0]}"
+
+
+def versions(*packages: str) -> dict[str, str]:
+    return {name: version(name) for name in packages}
+
+
+def first_failure(record: dict) -> str | None:
+    """The reason a smoke record fails, or None: a failed check, a run error, or a prompt with no output."""
+    for check in ("tokenizer_parity", "chat_template"):
+        if check in record and record[check]["status"] != "passed":
+            return record[check]["reason"]
+    for run in record["runs"]:
+        label = f"{run['requested']} run" + (f" (on {run['device']})" if run["device"] != run["requested"] else "")
+        if "error" in run:
+            return f"{label}: {run['error']}"
+        for p in run["prompts"]:
+            if p["new_tokens"] == 0:
+                return f"{label}: no tokens generated for prompt {p['prompt']!r}"
+            if not p["text"].strip():
+                return f"{label}: {p['new_tokens']} tokens but no text for prompt {p['prompt']!r}: {p['text']!r}"
+    return None

@@ -16,12 +16,11 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends.common import chat_text, tokenizer_parity
+from pipeline.backends.common import chat_text, first_failure, one_line, tokenizer_parity, versions
 from pipeline.errors import PipelineError
 from pipeline.params import OnnxGenaiVariant, Prompt, SmokeParams
 
@@ -77,7 +76,7 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path 
         "seconds": seconds,
         "graph": graph,
         "files": {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()},
-        "versions": _versions("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
+        "versions": versions("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
     }
 
 
@@ -99,7 +98,7 @@ def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: di
     except Exception as e:
         raise PipelineError(
             f"onnxruntime-genai builder failed on {source} ({variant.precision}, {variant.execution_provider}): "
-            f"{_one_line(e)}"
+            f"{one_line(e)}"
         ) from e
 
 
@@ -232,7 +231,7 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
         "reason": None,
         "tokenizer_parity": None,
         "runs": [],
-        "versions": _versions("onnxruntime-genai", "onnxruntime"),
+        "versions": versions("onnxruntime-genai", "onnxruntime"),
     }
     try:
         import onnxruntime_genai as og
@@ -247,9 +246,9 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
         tokenizer = og.Tokenizer(model)
         run["prompts"] = [_generate(model, tokenizer, source, p, smoke.max_new_tokens) for p in smoke.prompts]
     except Exception as e:
-        record["reason"] = _one_line(e)
+        record["reason"] = one_line(e)
         return record
-    record["reason"] = _first_failure(record)
+    record["reason"] = first_failure(record)
     record["status"] = "failed" if record["reason"] else "passed"
     return record
 
@@ -285,16 +284,6 @@ def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: in
     }
 
 
-def _first_failure(record: dict) -> str | None:
-    if record["tokenizer_parity"]["status"] != "passed":
-        return record["tokenizer_parity"]["reason"]
-    for run in record["runs"]:
-        label = f"{run['requested']} run" + (f" (on {run['device']})" if run["fallback"] else "")
-        for p in run["prompts"]:
-            if p["new_tokens"] == 0:
-                return f"{label}: no tokens before end of sequence for prompt {p['prompt']!r}"
-    return None
-
 
 def logits(artifact: Path, variant: OnnxGenaiVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from onnxruntime-genai on the same provider the
@@ -313,15 +302,3 @@ def logits(artifact: Path, variant: OnnxGenaiVariant, input_ids: Sequence[int]) 
     if out.shape[0] != len(input_ids):
         raise PipelineError(f"{artifact}: genai returned logits for {out.shape[0]} of {len(input_ids)} positions")
     return out
-
-
-# ---- small helpers -------------------------------------------------------------------------------------------
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    return {name: version(name) for name in packages}
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {(lines or [''])[0]}"

@@ -1,0 +1,192 @@
+"""reference -> quality -> report on the tiny Phi-3 (mini-4k): the metrics tell fp16 from int4, a deliberately broken
+IR fails the gate by name, and `enforce: false` lets it through while still listing the misses."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline import fsutil, quality, reference, report
+from pipeline.backends import openvino as ov_backend
+from pipeline.errors import PipelineError
+from pipeline.params import OpenVINOVariant
+from pipeline.quality import QualityParams, Thresholds
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
+FP16 = OpenVINOVariant(backend="openvino", weight_format="fp16")
+INT4 = OpenVINOVariant(backend="openvino", weight_format="int4", group_size=128, ratio=0.6, sym=True)  # as shipped
+TOP_K, LONG, MAX_NEW = 32, 300, 8
+BROKEN_LAYER = "down_proj"  # first MLP output projection: scaled x3 below
+GATE = QualityParams(
+    top_k=TOP_K,
+    long_sequence_tokens=LONG,
+    max_new_tokens=MAX_NEW,
+    thresholds={
+        "fp16": Thresholds(min_cosine=0.999, min_top1=0.98, max_kl=1e-3, max_ppl_ratio=1.01),
+        "int4": Thresholds(min_cosine=0.95, min_top1=0.7, max_kl=0.2, max_ppl_ratio=1.3),
+    },
+)
+
+
+def _empty(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def _break(fp16_dir, out):
+    """A copy of the fp16 IR with the first `down_proj` weight scaled by 3: it loads and runs, and is wrong."""
+    import openvino as ov
+
+    shutil.copytree(fp16_dir, out, ignore=shutil.ignore_patterns(fsutil.MANIFEST, ov_backend.MODEL_XML,
+                                                                   ov_backend.MODEL_BIN))
+    model = ov.Core().read_model(fp16_dir / ov_backend.MODEL_XML)
+    const = next(op for op in model.get_ordered_ops()
+                 if op.get_type_name() == "Constant" and BROKEN_LAYER in op.get_friendly_name()
+                 and len(op.get_output_shape(0)) == 2)
+    data = const.get_data()
+    scaled = ov.op.Constant((data.astype(np.float32) * 3).astype(data.dtype))
+    for target in list(const.output(0).get_target_inputs()):
+        target.replace_source_output(scaled.output(0))
+    ov.save_model(model, out / ov_backend.MODEL_XML, compress_to_fp16=False)
+    return const.get_friendly_name()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_model, tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("quality-ov")
+    ir = _empty(base / "ir")
+    ov_backend.export_ir(tiny_model, ir)
+    made = {}
+    for name, variant in (("ov-fp16", FP16), ("ov-int4", INT4)):
+        made[name] = _empty(base / name)
+        ov_backend.export(tiny_model, variant, made[name], ir_fp16=ir)
+    made["ov-broken"] = base / "ov-broken"
+    _break(made["ov-fp16"], made["ov-broken"])
+    return made
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality-ref") / "reference"
+    evalset = reference.load_evalset(ROOT / GATE.evalset)
+    reference.run(tiny_model, evalset, out, max_new_tokens=MAX_NEW, top_k=TOP_K, long_sequence_tokens=LONG)
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured(artifacts, reference_dir, tiny_model) -> dict:
+    variants = {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}
+    return {name: quality.measure(artifacts[name], variants[name], reference_dir, tiny_model) for name in variants}
+
+
+@pytest.fixture
+def metrics_root(measured, tmp_path):
+    for name, rec in measured.items():
+        fsutil.write_json(tmp_path / "tiny" / name / "quality.json", rec)
+    return tmp_path
+
+
+def test_reference_is_compact_and_complete(reference_dir):
+    ref, arrays = reference.load(reference_dir)  # verifies the manifest too
+    names = [s["name"] for s in ref["sequences"]]
+    assert names == ["chat-0", "chat-1", "chat-2", "chat-3", "text", "long"]
+    long = next(s for s in ref["sequences"] if s["name"] == "long")
+    assert long["len"] == LONG and arrays["long.ids"].shape == (LONG,)
+    for name in names:
+        n = len(arrays[f"{name}.ids"])
+        assert arrays[f"{name}.topk_ids"].shape == (n, TOP_K) and arrays[f"{name}.topk_ids"].dtype == np.int32
+        assert arrays[f"{name}.topk_logprobs"].dtype == np.float32 and arrays[f"{name}.lse"].shape == (n,)
+        # best first, and log-probabilities (<= 0)
+        lp = arrays[f"{name}.topk_logprobs"].astype(np.float32)
+        assert (np.diff(lp, axis=-1) <= 1e-3).all() and (lp <= 1e-3).all()
+    for s in ref["sequences"][:4]:
+        assert 1 <= len(s["answer_ids"]) <= MAX_NEW and s["len"] == s["prompt_len"] + len(s["answer_ids"])
+    assert all(s["ppl"] > 1 for s in ref["sequences"] if s["kind"] == "text")
+
+
+def test_topk_metrics_against_full_vocabulary():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 4, (16, 200))
+    art = ref + rng.normal(0, 0.5, ref.shape)
+    lse = np.log(np.exp(ref).sum(-1))
+    p, q = np.exp(ref - lse[:, None]), np.exp(art - np.log(np.exp(art).sum(-1))[:, None])
+    full_kl = (p * (np.log(p) - np.log(q))).sum(-1)
+
+    def at(k):
+        ids = np.argsort(-ref, axis=-1)[:, :k]
+        lp = (np.take_along_axis(ref, ids, -1) - lse[:, None]).astype(np.float32)
+        return quality.position_metrics(art, ids.astype(np.int32), lp, lse.astype(np.float32))
+
+    whole, top = at(200), at(32)
+    np.testing.assert_allclose(whole["kl"], full_kl, rtol=1e-4, atol=1e-6)  # k = vocab: the exact KL
+    assert (top["kl"] <= full_kl + 1e-4).all()  # coarsening: a lower bound
+    assert (whole["top1"] == (art.argmax(-1) == ref.argmax(-1))).all()
+
+
+def test_metrics_tell_precisions_apart(measured):
+    fp16, int4 = measured["ov-fp16"]["gate"], measured["ov-int4"]["gate"]
+    assert fp16["cosine"] >= 0.999 and fp16["top1"] >= 0.98 and fp16["kl"] < 1e-3
+    assert abs(fp16["ppl_ratio"] - 1) < 0.01 and fp16["answers_identical"] == 1
+    # int4 measurably lower on every metric
+    assert int4["cosine"] < fp16["cosine"] - 1e-3
+    assert int4["kl"] > 10 * fp16["kl"] and int4["top1"] < fp16["top1"]
+    for rec in measured.values():
+        for s in rec["sequences"]:
+            if s["kind"] == "chat":
+                assert s["first_divergence"] is None or 0 <= s["first_divergence"] < MAX_NEW
+
+
+def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):
+    with pytest.raises(PipelineError) as err:
+        report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root)
+    msg = str(err.value)
+    assert "\n" not in msg and "tiny/ov-broken: cosine" in msg
+    assert "tiny/ov-fp16" not in msg and "tiny/ov-int4" not in msg
+    table = capsys.readouterr().out
+    assert "tiny/ov-broken" in table and "MISS" in table
+    assert (metrics_root / "report.json").is_file()
+
+
+def test_enforce_false_passes_and_still_lists_misses(metrics_root):
+    explore = GATE.model_copy(update={"enforce": False})
+    table, misses = report.run(explore, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root)
+    assert misses and all(m.startswith("tiny/ov-broken: ") for m in misses)
+    assert {m.split(": ")[1].split()[0] for m in misses} >= {"cosine", "kl"}
+    assert "ungated" not in table
+
+
+def test_family_without_thresholds_is_ungated(metrics_root):
+    table, misses = report.run(QualityParams(thresholds={}), {}, metrics_root)
+    assert misses == [] and table.count("ungated") == 3
+
+
+def test_params_are_strict():
+    with pytest.raises(ValidationError):
+        QualityParams(thresholds={"int4": {"min_cosin": 0.9}})
+    with pytest.raises(ValidationError):
+        QualityParams(treshold={})
+
+
+def test_stages_through_the_layout(tiny_model, artifacts, tmp_path, monkeypatch):
+    """The thin stage wrappers the CLI calls: reference -> quality -> report under artifacts/ and metrics/."""
+    from types import SimpleNamespace
+
+    from pipeline.layout import SOURCE, Layout
+
+    monkeypatch.chdir(ROOT)  # quality.evalset is relative to the project root, as dvc runs it
+    layout = Layout(tmp_path)
+    shutil.copytree(tiny_model, layout.artifact("tiny", SOURCE))
+    shutil.copytree(artifacts["ov-int4"], layout.artifact("tiny", "ov-int4"))
+    fsutil.write_manifest(layout.artifact("tiny", "ov-int4"))
+    params = SimpleNamespace(quality=GATE.model_copy(update={"long_sequence_tokens": 0}), variants={"ov-int4": INT4})
+    reference.stage(params, "tiny", layout)
+    rec = quality.stage(params, "tiny", "ov-int4", layout)
+    assert rec["stage"] == "quality@tiny-ov-int4" and [s["name"] for s in rec["sequences"]][-1] == "text"
+    table, misses = report.stage(params, tmp_path)
+    assert misses == [] and "tiny/ov-int4" in table
+    assert layout.metrics("tiny", "ov-int4", "quality").is_file() and (tmp_path / "metrics" / "report.json").is_file()
