@@ -21,14 +21,18 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in [
         ("fetch", "materialise a model's checkpoint into artifacts/<model>/source"),
         ("ir", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)"),
+        ("reference", "FP32 torch results for the eval set into artifacts/<model>/reference"),
     ]:
         sub.add_parser(name, help=help_).add_argument("model")
+    sub.add_parser("report", help="every artifact's quality in one table; fails on a threshold miss unless "
+                   "quality.enforce is false")
     sub.add_parser("native", help="runtime wheels or a source build of one target into artifacts/native/<target>")\
         .add_argument("target")
     sub.add_parser("runner", help="our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 IR").add_argument("model")
     for name, help_ in [
         ("export", "build one variant into artifacts/<model>/<variant>"),
         ("smoke", "run one artifact with its runtime; metrics/<model>/<variant>/smoke.json"),
+        ("quality", "score one artifact against the FP32 reference; metrics/<model>/<variant>/quality.json"),
     ]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("model")
@@ -43,6 +47,11 @@ def _run(args: argparse.Namespace) -> None:
     params = params_mod.load(args.params)
     if args.command == "check":
         print(f"{args.params}: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
+        return
+    if args.command == "report":
+        from pipeline import report
+
+        report.stage(params, args.root)
         return
     if args.command == "native":
         from pipeline import fsutil, native
@@ -88,6 +97,14 @@ def _run(args: argparse.Namespace) -> None:
         fsutil.write_json(layout.metrics(args.model, IR_FP16, "runner"), rec)
         if rec["status"] != "passed":
             raise PipelineError(f"native runner on {args.model}/{IR_FP16}: {rec['reason']}")
+    elif args.command == "reference":
+        from pipeline import reference
+
+        reference.stage(params, args.model, layout)
+    elif args.command == "quality":
+        from pipeline import quality
+
+        quality.stage(params, args.model, variant, layout)
     elif args.command == "smoke":
         from pipeline import smoke
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import PipelineError
 from pipeline.native import GitSource, NativeParams, SourceParams, WheelParams
+from pipeline.quality import QualityParams, Thresholds
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.]*[a-z0-9]$|^[a-z0-9]$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -104,6 +105,7 @@ class Params(Strict):
     models: dict[str, ModelParams] = Field(min_length=1)
     variants: dict[str, Variant] = Field(min_length=1)
     smoke: SmokeParams
+    quality: QualityParams
     native: dict[str, NativeParams]  # build_native@<target>; {} for none (dvc.yaml needs the key)
 
     @field_validator("models", "variants", "native")
@@ -135,6 +137,10 @@ def _schema_at(loc: str, raw: dict[str, Any]) -> type[BaseModel] | None:
         return ModelParams
     if parts[0] == "smoke":
         return SmokeParams if len(parts) == 1 else Prompt
+    if parts[0] == "quality":
+        if len(parts) == 1:
+            return QualityParams
+        return Thresholds if parts[1] == "thresholds" and len(parts) == 3 else None
     if parts[0] == "native":
         tail = parts[2:]
         if not tail:

@@ -20,6 +20,7 @@ the reference's tail mass, which is what KL over "top-k + one tail bucket" needs
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ def eos_ids(source: Path) -> list[int]:
     return sorted({eos} if isinstance(eos, int) else set(eos or []))
 
 
-def run(source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int) -> dict:
+def run(
+    source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int
+) -> dict:
     """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -134,8 +137,6 @@ def run(source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k
 def load(reference_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     reference_dir = Path(reference_dir)
     fsutil.verify_manifest(reference_dir)
-    import json
-
     ref = json.loads((reference_dir / REFERENCE_JSON).read_text())
     with np.load(reference_dir / LOGITS_NPZ) as npz:
         arrays = {k: npz[k] for k in npz.files}

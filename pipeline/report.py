@@ -1,9 +1,11 @@
 """Stage `report`: one table of every artifact's quality (variant x metric), and the gate.
 
 Reads every metrics/<model>/<variant>/quality.json, checks its `gate` numbers against the thresholds of the
-variant's family (quality.thresholds in params.yaml), prints the table, writes metrics/report.json, and fails
+variant's family (quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails
 naming every variant and metric that missed, unless quality.enforce is false (then the misses are only listed).
 The family comes from the variant's params as they are now, so changing a threshold re-gates without re-measuring.
+The report is not under metrics/: the stage depends on that whole directory (which is how DVC orders it after every
+quality stage), and DVC refuses a stage whose output lies inside its own dependency.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pipeline import fsutil
 from pipeline.errors import PipelineError
 from pipeline.quality import QualityParams, family, misses
 
+REPORT = "reports/quality.json"
 COLUMNS = [("cosine", "{:.5f}"), ("top1", "{:.3f}"), ("kl", "{:.2e}"), ("ppl_ratio", "{:.4f}"),
            ("answers_identical", "{:.2f}")]
 
 
-def run(quality: QualityParams, variants: Mapping, metrics_root: Path) -> tuple[str, list[str]]:
-    """Return (table, misses) and write metrics/report.json; raise PipelineError on any miss if quality.enforce."""
+def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path) -> tuple[str, list[str]]:
+    """Return (table, misses) and write them to `out` (JSON); raise PipelineError on any miss if quality.enforce."""
     metrics_root = Path(metrics_root)
     paths = sorted(metrics_root.glob("*/*/quality.json"))
     if not paths:
@@ -39,7 +42,7 @@ def run(quality: QualityParams, variants: Mapping, metrics_root: Path) -> tuple[
         rows.append({"model": model, "variant": name, "family": fam, **rec["gate"], "status": status,
                      "misses": missed})
     table = _table(rows)
-    fsutil.write_json(metrics_root / "report.json", {"enforce": quality.enforce, "rows": rows, "misses": failures})
+    fsutil.write_json(out, {"enforce": quality.enforce, "rows": rows, "misses": failures})
     print(table)
     if failures:
         print("\nmissed thresholds:\n" + "\n".join(f"  {f}" for f in failures), file=sys.stderr)
@@ -65,4 +68,5 @@ def _table(rows: list[dict]) -> str:
 
 def stage(params, root: Path) -> tuple[str, list[str]]:
     """`aipc report`: reads params.quality (thresholds, enforce) and params.variants (for each family)."""
-    return run(params.quality, params.variants, Path(root) / "metrics")
+    root = Path(root)
+    return run(params.quality, params.variants, root / "metrics", root / REPORT)

@@ -38,7 +38,7 @@ def test_misspelt_variant_key_names_key_and_valid_keys(tmp_path, raw):
 
 def test_unknown_top_level_key(tmp_path, raw):
     raw["variant"] = {}
-    with pytest.raises(PipelineError, match=r"unknown key 'variant' \(valid keys here: models, variants, smoke, native\)"):
+    with pytest.raises(PipelineError, match=r"unknown key 'variant' \(valid keys here: models, variants, smoke, quality, native\)"):
         params.load(_write(tmp_path, raw))
 
 

@@ -16,7 +16,10 @@ SMOKE = {"max_new_tokens": 4, "prompts": [{"text": "What is the capital of Franc
 
 def _params(models: dict, variants: list[str]) -> dict:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE, "native": {}}
+    # Random tiny weights say nothing about INT4 quality: measure and report, but don't gate.
+    quality = {**base["quality"], "max_new_tokens": 4, "long_sequence_tokens": 0, "top_k": 16, "enforce": False}
+    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE,
+            "quality": quality, "native": {}}
 
 
 def _changed_stages(proj) -> set[str]:
@@ -39,6 +42,8 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
             smoke = json.loads((proj / "metrics" / model / variant / "smoke.json").read_text())
             assert smoke["status"] == "passed", smoke.get("reason")
             assert smoke["runs"][0]["prompts"][0]["new_tokens"] > 0
+            quality = json.loads((proj / "metrics" / model / variant / "quality.json").read_text())
+            assert 0.5 < quality["gate"]["cosine"] <= 1.0
         assert (proj / "artifacts" / model / "ov-int4" / "openvino_model.xml").is_file()
     assert not list(proj.glob("artifacts/*/.*partial*"))
 
@@ -52,8 +57,8 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     params["variants"]["ov-int4"]["ratio"] = 0.8
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _changed_stages(proj) == {
-        "export@mini-ov-int4", "smoke@mini-ov-int4", "export@medium-ov-int4", "smoke@medium-ov-int4",
-    }
+        f"{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality") for model in models
+    } | {"report"}
 
 
 def test_stage_errors_are_one_line_and_leave_no_partial_artifact(tmp_path, tiny_model):
@@ -107,5 +112,13 @@ def test_default_pipeline_end_to_end(tmp_path):
         print(f"{variant}: {smoke['runs'][0]['device']}: {answer!r}")
         if variant in ("ov-fp16", "ort-cpu-int4"):
             assert "Paris" in answer, (variant, answer)
+        quality = json.loads((proj / "metrics" / "smollm2" / variant / "quality.json").read_text())
+        print(f"{variant}: quality {quality['gate']}")
+        if quality["family"] == "fp16":
+            assert quality["gate"]["cosine"] >= 0.999
+        else:  # the metrics tell precisions apart
+            assert quality["gate"]["cosine"] < 0.999 and quality["gate"]["top1"] < 0.97
+    report = json.loads((proj / "reports" / "quality.json").read_text())
+    assert report["misses"] == []
     assert _changed_stages(proj) == set()
     assert "Running stage" not in project.dvc(proj, "repro").stdout

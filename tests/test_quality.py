@@ -3,6 +3,7 @@ IR fails the gate by name, and `enforce: false` lets it through while still list
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -28,7 +29,7 @@ GATE = QualityParams(
     max_new_tokens=MAX_NEW,
     thresholds={
         "fp16": Thresholds(min_cosine=0.999, min_top1=0.98, max_kl=1e-3, max_ppl_ratio=1.01),
-        "int4": Thresholds(min_cosine=0.95, min_top1=0.7, max_kl=0.2, max_ppl_ratio=1.3),
+        "int4": Thresholds(min_cosine=0.95, min_top1=0.5, max_kl=0.3, max_ppl_ratio=1.3),
     },
 )
 
@@ -137,31 +138,34 @@ def test_metrics_tell_precisions_apart(measured):
     assert int4["kl"] > 10 * fp16["kl"] and int4["top1"] < fp16["top1"]
     for rec in measured.values():
         for s in rec["sequences"]:
-            if s["kind"] == "chat":
-                assert s["first_divergence"] is None or 0 <= s["first_divergence"] < MAX_NEW
+            if s["kind"] == "chat" and s["first_divergence"] is not None:
+                tokens = s["divergent_token"]
+                assert 0 <= s["first_divergence"] < MAX_NEW and tokens["artifact"] != tokens["reference"]
 
 
 def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):
     with pytest.raises(PipelineError) as err:
-        report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root)
+        report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root, metrics_root / "r.json")
     msg = str(err.value)
     assert "\n" not in msg and "tiny/ov-broken: cosine" in msg
     assert "tiny/ov-fp16" not in msg and "tiny/ov-int4" not in msg
     table = capsys.readouterr().out
     assert "tiny/ov-broken" in table and "MISS" in table
-    assert (metrics_root / "report.json").is_file()
+    listed = json.loads((metrics_root / "r.json").read_text())["misses"]
+    assert listed and all(m in msg for m in listed)
 
 
 def test_enforce_false_passes_and_still_lists_misses(metrics_root):
     explore = GATE.model_copy(update={"enforce": False})
-    table, misses = report.run(explore, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root)
+    table, misses = report.run(explore, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root,
+                               metrics_root / "r.json")
     assert misses and all(m.startswith("tiny/ov-broken: ") for m in misses)
     assert {m.split(": ")[1].split()[0] for m in misses} >= {"cosine", "kl"}
     assert "ungated" not in table
 
 
 def test_family_without_thresholds_is_ungated(metrics_root):
-    table, misses = report.run(QualityParams(thresholds={}), {}, metrics_root)
+    table, misses = report.run(QualityParams(thresholds={}), {}, metrics_root, metrics_root / "r.json")
     assert misses == [] and table.count("ungated") == 3
 
 
@@ -189,4 +193,14 @@ def test_stages_through_the_layout(tiny_model, artifacts, tmp_path, monkeypatch)
     assert rec["stage"] == "quality@tiny-ov-int4" and [s["name"] for s in rec["sequences"]][-1] == "text"
     table, misses = report.stage(params, tmp_path)
     assert misses == [] and "tiny/ov-int4" in table
-    assert layout.metrics("tiny", "ov-int4", "quality").is_file() and (tmp_path / "metrics" / "report.json").is_file()
+    assert layout.metrics("tiny", "ov-int4", "quality").is_file() and (tmp_path / report.REPORT).is_file()
+
+
+def test_params_can_import_quality_params():
+    """pipeline/params.py takes QualityParams from pipeline/quality.py: that import must not cycle back."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.quality, pipeline.report; assert 'pipeline.params' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
