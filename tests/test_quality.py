@@ -165,8 +165,14 @@ def test_enforce_false_passes_and_still_lists_misses(metrics_root):
 
 
 def test_family_without_thresholds_is_ungated(metrics_root):
-    table, misses = report.run(QualityParams(thresholds={}), {}, metrics_root, metrics_root / "r.json")
+    variants = {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}
+    table, misses = report.run(QualityParams(thresholds={}), variants, metrics_root, metrics_root / "r.json")
     assert misses == [] and table.count("ungated") == 3
+
+
+def test_variants_no_longer_in_params_are_not_reported(metrics_root):
+    table, misses = report.run(GATE, {"ov-fp16": FP16}, metrics_root, metrics_root / "r.json")
+    assert misses == [] and "ov-broken" not in table and "ov-fp16" in table
 
 
 def test_params_are_strict():
