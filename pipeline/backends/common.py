@@ -81,6 +81,13 @@ def versions(*packages: str) -> dict[str, str]:
     return {name: version(name) for name in packages}
 
 
+def concluded(record: dict, error: BaseException | None = None) -> dict:
+    """Set a smoke record's status and reason: failed with the error, or with its first failed check, else passed."""
+    record["reason"] = one_line(error) if error is not None else first_failure(record)
+    record["status"] = "failed" if record["reason"] else "passed"
+    return record
+
+
 def first_failure(record: dict) -> str | None:
     """The reason a smoke record fails, or None: a failed check, a run error, or a prompt with no output."""
     for check in ("tokenizer_parity", "chat_template"):

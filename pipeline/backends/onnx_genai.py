@@ -9,6 +9,7 @@ lacks (DirectML on Linux) still runs: on the CPU execution provider, and the rec
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends.common import chat_text, first_failure, one_line, tokenizer_parity, versions
+from pipeline.backends.common import chat_text, concluded, one_line, tokenizer_parity, versions
 from pipeline.errors import PipelineError
 from pipeline.params import OnnxGenaiVariant, Prompt, SmokeParams
 
@@ -246,11 +247,8 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
         tokenizer = og.Tokenizer(model)
         run["prompts"] = [_generate(model, tokenizer, source, p, smoke.max_new_tokens) for p in smoke.prompts]
     except Exception as e:
-        record["reason"] = one_line(e)
-        return record
-    record["reason"] = first_failure(record)
-    record["status"] = "failed" if record["reason"] else "passed"
-    return record
+        return concluded(record, e)
+    return concluded(record)
 
 
 def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: int) -> dict:
@@ -285,12 +283,20 @@ def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: in
 
 
 
+@functools.lru_cache(maxsize=1)
+def _model_for_logits(artifact: Path, variant: OnnxGenaiVariant, mtime_ns: int):
+    """Loaded once per process for the quality stage's several logits() calls (mtime in the key: a model rewritten
+    in place is reloaded)."""
+    return _load(artifact, variant)[0]
+
+
 def logits(artifact: Path, variant: OnnxGenaiVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from onnxruntime-genai on the same provider the
     smoke run uses."""
     import onnxruntime_genai as og
 
-    model, _ = _load(Path(artifact), variant)
+    onnx = Path(artifact) / MODEL_ONNX
+    model = _model_for_logits(Path(artifact), variant, onnx.stat().st_mtime_ns)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(input_ids))
     generator = og.Generator(model, params)

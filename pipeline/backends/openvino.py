@@ -9,6 +9,7 @@ read back and fails if the weights on disk are not the precision the variant pro
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends.common import chat_text, first_failure, one_line, tokenizer_parity, versions
+from pipeline.backends.common import chat_text, concluded, one_line, tokenizer_parity, versions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
 from pipeline.params import OpenVINOVariant, SmokeParams
@@ -36,26 +37,12 @@ CPU_SMOKE = {"INFERENCE_PRECISION_HINT": "f32"}
 
 def export_ir(source: Path, out: Path) -> dict:
     """The checkpoint's FP16 IR plus tokenizer/detokenizer IRs in `out` (an empty staging dir)."""
-    from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
     start = time.perf_counter()
-    # Exactly what `optimum-cli export openvino -m SRC --task text-generation-with-past --weight-format fp16 OUT`
-    # passes (optimum/commands/export/openvino.py); the files are byte-identical to the CLI's. An OVConfig with a
-    # dtype also keeps optimum from applying its own int8 default to models over 1B parameters. Never
-    # trust_remote_code: Phi-3 is native in transformers, and configs with `auto_map` but no code fail with it.
+    # An OVConfig with a dtype also keeps optimum from applying its own int8 default to models over 1B parameters.
     try:
-        main_export(
-            model_name_or_path=str(source),
-            output=out,
-            task=TASK,
-            framework="pt",
-            trust_remote_code=False,
-            ov_config=OVConfig(dtype="fp16"),
-            stateful=True,
-            convert_tokenizer=True,
-            library_name="transformers",
-        )
+        _optimum_export(source, out, OVConfig(dtype="fp16"))
     except Exception as e:
         raise PipelineError(f"optimum-intel could not export {source} to OpenVINO: {one_line(e)}") from e
     _require_tokenizer_irs(Path(out))
@@ -146,7 +133,6 @@ def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path) -> None:
 
 def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
     import nncf
-    from optimum.exporters.openvino import main_export
     from optimum.exporters.openvino.__main__ import _main_quantize
     from optimum.intel import OVConfig, OVWeightQuantizationConfig
 
@@ -164,17 +150,7 @@ def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
     # The CLI's two steps: main_export traces (float weights, since quantization is deferred when a config is
     # given), then _main_quantize compresses in place. Measured byte-identical to the CLI's files.
     try:
-        main_export(
-            model_name_or_path=str(source),
-            output=out,
-            task=TASK,
-            framework="pt",
-            trust_remote_code=False,
-            ov_config=OVConfig(quantization_config=config),
-            stateful=True,
-            convert_tokenizer=True,
-            library_name="transformers",
-        )
+        _optimum_export(source, out, OVConfig(quantization_config=config))
         _main_quantize(
             model_name_or_path=str(source),
             task=TASK,
@@ -190,6 +166,25 @@ def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
         raise PipelineError(
             f"optimum-intel could not export {source} as {variant.weight_format}: {one_line(e)}"
         ) from e
+
+
+def _optimum_export(source: Path, out: Path, ov_config) -> None:
+    """Exactly what `optimum-cli export openvino --task text-generation-with-past` passes to main_export
+    (optimum/commands/export/openvino.py); the files are byte-identical to the CLI's. Never trust_remote_code:
+    Phi-3 is native in transformers, and configs with `auto_map` but no code fail with it."""
+    from optimum.exporters.openvino import main_export
+
+    main_export(
+        model_name_or_path=str(source),
+        output=out,
+        task=TASK,
+        framework="pt",
+        trust_remote_code=False,
+        ov_config=ov_config,
+        stateful=True,
+        convert_tokenizer=True,
+        library_name="transformers",
+    )
 
 
 def _group_size_error(variant: OpenVINOVariant, e: Exception) -> PipelineError:
@@ -389,11 +384,8 @@ def smoke(artifact: Path, variant: OpenVINOVariant, smoke: SmokeParams, source: 
                 fallback = "no NPU device: the NPU pipeline ran on CPU (NPUW_DEVICES=CPU)"
                 record["runs"].append(_run(artifact, "NPU", "CPU", {**npu_config, **NPU_ON_CPU}, fallback, smoke))
     except Exception as e:
-        record["reason"] = one_line(e)
-        return record
-    record["reason"] = first_failure(record)
-    record["status"] = "failed" if record["reason"] else "passed"
-    return record
+        return concluded(record, e)
+    return concluded(record)
 
 
 def _chat_template_parity(tokenizer, source: Path, prompts: Sequence[str]) -> dict:
@@ -441,19 +433,23 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
 
 
 
-def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -> np.ndarray:
-    """Teacher-forced logits [len(input_ids), vocab], float32, from one pass of the IR on CPU."""
+@functools.lru_cache(maxsize=1)
+def _compiled_f32(xml: str, mtime_ns: int):
+    """The IR compiled once per process for the quality stage's several logits() calls (keyed on mtime too, so an
+    IR rewritten in place is recompiled)."""
     import openvino as ov
 
     # f32 execution, so the numbers show what the stored weights do and not the CPU plugin's defaults: bf16
     # inference on CPUs with AVX512-BF16/AMX (this machine has it), an f16/u8 KV cache, and dynamic int8
     # quantization of the activations that feed compressed MatMuls.
-    compiled = ov.Core().compile_model(
-        str(Path(artifact) / MODEL_XML),
-        "CPU",
-        {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"},
-    )
-    request = compiled.create_infer_request()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+    return ov.Core().compile_model(xml, "CPU", f32)
+
+
+def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -> np.ndarray:
+    """Teacher-forced logits [len(input_ids), vocab], float32, from one pass of the IR on CPU."""
+    xml = Path(artifact) / MODEL_XML
+    request = _compiled_f32(str(xml), xml.stat().st_mtime_ns).create_infer_request()
     request.reset_state()  # stateful model: the KV cache lives in the request
     n = len(input_ids)
     outputs = request.infer({
