@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # dvc runs each stage's `aipc ...` through the shell, so the venv goes first on PATH.
+# The toolchain check first: an exporter upgrade must go through `aipc toolchain --write`, which reruns its exports.
 repro: setup
+	$(BIN)/aipc toolchain --check
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: setup

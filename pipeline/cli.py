@@ -29,10 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("native", help="runtime wheels or a source build of one target into artifacts/native/<target>")\
         .add_argument("target")
     sub.add_parser("runner", help="our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 IR").add_argument("model")
+    from pipeline import publish, toolchain
+
+    toolchain.add_parser(sub)
+    publish.add_parser(sub)
     for name, help_ in [
         ("export", "build one variant into artifacts/<model>/<variant>"),
         ("smoke", "run one artifact with its runtime; metrics/<model>/<variant>/smoke.json"),
         ("quality", "score one artifact against the FP32 reference; metrics/<model>/<variant>/quality.json"),
+        ("package", "release dir (artifact, model card, manifest, provenance) in releases/<model>/<variant>"),
     ]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("model")
@@ -62,6 +67,11 @@ def _run(args: argparse.Namespace) -> None:
         with measured(f"build_native@{args.target}") as rec:
             rec["build"] = native.run(params.native[args.target], args.root / "artifacts" / "native" / args.target)
         fsutil.write_json(args.root / "metrics" / "native" / f"{args.target}.json", rec)
+        return
+    if args.command in ("toolchain", "publish"):
+        from pipeline import publish, toolchain
+
+        {"toolchain": toolchain, "publish": publish}[args.command].command(args, params, args.root)
         return
     if args.model not in params.models:
         raise PipelineError(f"unknown model {args.model!r} (params.yaml models: {', '.join(params.models)})")
@@ -105,6 +115,10 @@ def _run(args: argparse.Namespace) -> None:
         from pipeline import quality
 
         quality.stage(params, args.model, variant, layout)
+    elif args.command == "package":
+        from pipeline import package
+
+        package.stage(params, args.model, variant, layout)
     elif args.command == "smoke":
         from pipeline import smoke
 

@@ -1,4 +1,5 @@
-"""Where things live: artifacts/<model>/<variant>/ and metrics/<model>/<variant>/ under the project root."""
+"""Where things live: artifacts/<model>/<variant>/, metrics/<model>/<variant>/ and releases/<model>/<variant>/ under
+the project root."""
 
 from __future__ import annotations
 
@@ -18,3 +19,6 @@ class Layout:
 
     def metrics(self, model: str, name: str, kind: str) -> Path:
         return self.root / "metrics" / model / name / f"{kind}.json"
+
+    def release(self, model: str, variant: str) -> Path:
+        return self.root / "releases" / model / variant

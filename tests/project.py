@@ -22,7 +22,7 @@ def env() -> dict[str, str]:
 def make(dest: Path, params: dict | None = None) -> Path:
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for rel in tracked.splitlines():
-        if rel.startswith(("pipeline/", "build_native/", ".dvc/", "dvc.yaml", ".dvcignore", "params.yaml", ".gitignore")):
+        if rel.startswith(("pipeline/", "build_native/", "toolchain/", ".dvc/", "dvc.yaml", ".dvcignore", "params.yaml", ".gitignore")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     if params is not None:

@@ -1,0 +1,180 @@
+"""pipeline/publish.py with the real huggingface_hub.HfApi client against tests/hubserver.py, a STAND-IN for the
+Hugging Face Hub on 127.0.0.1 (no uploadable hub server exists on PyPI); and a real local DVC remote."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from huggingface_hub import snapshot_download
+
+from pipeline import package, publish, toolchain
+from pipeline import params as params_mod
+from pipeline.errors import PipelineError
+from tests import project, tinyrelease
+from tests.hubserver import HubServer
+
+TOKEN = "hf_standin_7Qz3kX9pL2mV8rT4wY6u"  # unique, so a scan for it finds only leaks
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubServer(token=TOKEN) as server:
+        yield server
+
+
+def _publish(hub, release, version="v1.0.0", **kw):
+    out = io.StringIO()
+    plans = publish.publish({"ov-int4": release}, "acme/m", version, endpoint=hub.endpoint, out=out, **kw)
+    return plans, out.getvalue()
+
+
+def test_publish_download_fresh_verify_then_republish_is_a_noop(hub, tmp_path, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    rel = tinyrelease.build(tmp_path / "build")
+    _, log = _publish(hub, rel)
+    assert "acme/m-ov-int4: create repo; one commit: 6 file(s)" in log and "tag v1.0.0" in log
+    assert hub.n_commits("acme/m-ov-int4") == 1
+    assert hub.repos["acme/m-ov-int4"].tags["v1.0.0"] == hub.repos["acme/m-ov-int4"].branches["main"]
+
+    # A user's download: fresh cache, by tag, then every byte against manifest.json.
+    got = snapshot_download("acme/m-ov-int4", revision="v1.0.0", endpoint=hub.endpoint,
+                            cache_dir=tmp_path / "fresh-cache")
+    assert package.verify(got)["files"] == tinyrelease.manifest(rel)["files"]
+
+    _, again = _publish(hub, rel)
+    assert again.strip() == f"acme/m-ov-int4: v1.0.0 already holds {rel} (nothing to do)"
+    assert hub.n_commits("acme/m-ov-int4") == 1
+    assert not [line for line in hub.log if line.startswith("POST")][-1].startswith("POST /api/models/acme/m-ov-int4/commit")
+
+    # The token is in no file written by building, publishing or downloading, nor in any log.
+    captured = capfd.readouterr()
+    for text in (log, again, caplog.text, captured.out, captured.err, "\n".join(hub.log)):
+        assert TOKEN not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_a_new_version_is_one_commit_and_an_existing_tag_is_never_moved(hub, tmp_path):
+    rel = tinyrelease.build(tmp_path / "a")
+    _publish(hub, rel)
+    rel2 = tinyrelease.build(tmp_path / "b", weights=b"\x03" * 100)
+
+    with pytest.raises(PipelineError) as e:
+        _publish(hub, rel2, "v1.0.0")
+    assert "\n" not in str(e.value)
+    assert "tag v1.0.0 already points at" in str(e.value) and "refusing to move a published tag" in str(e.value)
+    assert hub.n_commits("acme/m-ov-int4") == 1
+
+    _publish(hub, rel2, "v1.1.0")
+    repo = hub.repos["acme/m-ov-int4"]
+    assert hub.n_commits("acme/m-ov-int4") == 2
+    assert repo.tags["v1.0.0"] != repo.tags["v1.1.0"] == repo.branches["main"]
+    assert repo.commits[repo.tags["v1.1.0"]]["openvino_model.bin"] == b"\x03" * 100
+
+
+def test_same_content_under_a_new_version_is_only_tagged(hub, tmp_path):
+    rel = tinyrelease.build(tmp_path)
+    _publish(hub, rel)
+    _, out = _publish(hub, rel, "v1.0.1")
+    assert out.splitlines()[0] == "acme/m-ov-int4: tag v1.0.1"
+    repo = hub.repos["acme/m-ov-int4"]
+    assert hub.n_commits("acme/m-ov-int4") == 1 and repo.tags["v1.0.1"] == repo.tags["v1.0.0"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(hub, tmp_path):
+    rel = tinyrelease.build(tmp_path)
+    plans, out = _publish(hub, rel, dry_run=True)
+    assert out.startswith("[dry-run] acme/m-ov-int4: create repo; one commit")
+    assert plans[0].create_repo and hub.repos == {}
+
+
+def test_a_bad_version_or_a_missing_token_fail_in_one_line(hub, tmp_path, monkeypatch):
+    rel = tinyrelease.build(tmp_path)
+    with pytest.raises(PipelineError, match=r"version '1.0' is not vMAJOR.MINOR.PATCH"):
+        _publish(hub, rel, "1.0")
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(publish, "token", lambda: None)
+    with pytest.raises(PipelineError, match="no Hugging Face token: set HF_TOKEN"):
+        _publish(hub, rel)
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+# The dvc.yaml additions proposed for the project (toolchain deps on ir/export, the package stage), applied to the
+# temp project's copy. The package cmd is `aipc package` once pipeline/cli.py has it.
+PACKAGE_STAGE = """
+matrix:
+  model: ${models}
+  variant: ${variants}
+cmd: aipc package ${item.model} ${item.variant}
+deps:
+  - pipeline/package.py
+  - artifacts/${item.model}/source
+  - artifacts/${item.model}/${item.variant}
+  - metrics/${item.model}/${item.variant}/export.json
+  - metrics/${item.model}/${item.variant}/smoke.json
+  - metrics/${item.model}/${item.variant}/quality.json
+params:
+  - models.${item.model}
+  - variants.${item.variant}
+  - quality.thresholds
+  - quality.enforce
+outs:
+  - releases/${item.model}/${item.variant}
+"""
+
+
+def with_release_stages(proj):
+    dvc_yaml = proj / "dvc.yaml"
+    stages = yaml.safe_load(dvc_yaml.read_text())
+    stages["stages"]["ir"]["deps"].append("toolchain/openvino.txt")
+    stages["stages"]["export"]["deps"].append("toolchain/variant/${item.variant}.txt")
+    stage = yaml.safe_load(PACKAGE_STAGE)
+    if "package" not in project.aipc(proj, "--help").stdout:  # cli.py not wired yet
+        stage["cmd"] = "python -m pipeline.package ${item.model} ${item.variant}"
+    stages["stages"]["package"] = stage
+    dvc_yaml.write_text(yaml.safe_dump(stages, sort_keys=False))
+    toolchain.write(proj, params_mod.load(proj / "params.yaml").variants)
+
+
+def test_dvc_remote_push_clone_pull_is_up_to_date(tmp_path, tiny_model):
+    """The offline model-prep path: build and package, push to a DVC remote, clone the project fresh, pull, and
+    nothing is left to rerun; the pulled release verifies against its manifest."""
+    from tests.test_pipeline import _params
+
+    params = _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ort-cpu-int4"])
+    proj = project.make(tmp_path / "site", params)
+    with_release_stages(proj)
+    remote = tmp_path / "remote"
+    project.dvc(proj, "remote", "add", "-d", "local", str(remote))
+    target = "package@mini-ort-cpu-int4"
+    project.dvc(proj, "repro", target)
+    package.verify(proj / "releases/mini/ort-cpu-int4")
+    publish.dvc_push(proj, "local")  # what `aipc publish --dvc-remote local` runs
+    # metrics/ is git-ignored in this project, but a stage whose `cache: false` metrics file is missing is stale:
+    # for a clone to be up to date, the release job commits them (they are what the model cards quote).
+    _git(proj, "add", "-A")
+    _git(proj, "add", "-f", "metrics")
+    _git(proj, "commit", "-q", "-m", "build")
+
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(proj), str(clone))
+    assert not (clone / "releases/mini/ort-cpu-int4").exists()
+    project.dvc(clone, "pull", "--with-deps", target)
+    package.verify(clone / "releases/mini/ort-cpu-int4")
+    package.fsutil.verify_manifest(clone / "artifacts/mini/ort-cpu-int4")
+    status = project.dvc(clone, "status", "--with-deps", target).stdout
+    assert "Data and pipelines are up to date" in status, status
+    shutil.rmtree(remote)  # nothing more may come from the remote
+    rep = project.dvc(clone, "repro", "--dry", target)
+    assert "Running stage" not in rep.stdout, rep.stdout
