@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# intel-npu-acceleration-library needs openvino 2024.4 and numpy < 2: it lives in an environment of its own.
+NPU_VENV ?= .venv-npu
+export AIPC_NPU_VENV := $(abspath $(NPU_VENV))
 export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup repro test clean
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(NPU_VENV)/.aipc-npu-ready
 
 # torch first, pinned to the CPU build where one is at hand (`pip install torch==2.13.0`); optimum-intel last and
 # without its dependencies: it requires torchvision, which would pull a CUDA torch of several GB that the OpenVINO
@@ -18,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "optimum-intel==2.2.0"
 	touch $@
 
+# Builds the library offline from its sdist against the openvino 2024.4 wheel (pipeline/npu_env/create.py says how).
+$(NPU_VENV)/.aipc-npu-ready: pipeline/npu_env/create.py
+	$(PYTHON) pipeline/npu_env/create.py $(NPU_VENV)
+
 # dvc runs each stage's `aipc ...` through the shell, so the venv goes first on PATH.
 # The toolchain check first: an exporter upgrade must go through `aipc toolchain --write`, which reruns its exports.
 repro: setup
@@ -28,4 +35,4 @@ test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(NPU_VENV)

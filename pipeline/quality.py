@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,8 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline import fsutil
 from pipeline.record import measured
 
-if TYPE_CHECKING:
-    from pipeline.params import OnnxGenaiVariant, OpenVINOVariant
 
 # pipeline.params imports QualityParams from here, so nothing that imports pipeline.params (backends, reference)
 # is imported at module level.
@@ -78,7 +76,9 @@ LIMITS = {
 }
 
 
-def family(variant: OpenVINOVariant | OnnxGenaiVariant) -> str:
+def family(variant) -> str:
+    if variant.backend == "npu_library":
+        return variant.dtype
     return variant.weight_format if variant.backend == "openvino" else variant.precision
 
 

@@ -41,6 +41,11 @@ def installed(name: str) -> str | None:
 
 
 def render(backend: str, versions: Mapping[str, str | None] | None = None) -> str:
+    if backend == "npu_library":
+        # Its own environment, made from these pins by pipeline/npu_env/create.py: the pins are the lock.
+        from pipeline.npu_env import create
+
+        return HEADER.format(backend=backend) + "\n".join(sorted([create.LIBRARY, *create.REQUIREMENTS])) + "\n"
     versions = versions if versions is not None else {n: installed(n) for n in LOCKS[backend]}
     lines = [f"{n}=={versions[n]}" if versions.get(n) else f"# {n}: not installed" for n in sorted(LOCKS[backend])]
     return HEADER.format(backend=backend) + "\n".join(lines) + "\n"
@@ -53,7 +58,7 @@ def variant_file(root: Path, variant: str) -> Path:
 def _expected(root: Path, variants: Mapping) -> dict[Path, str]:
     """Every lock file and the text it should hold given what is installed."""
     root = Path(root)
-    out = {root / DIR / f"{b}.txt": render(b) for b in LOCKS}
+    out = {root / DIR / f"{b}.txt": render(b) for b in (*LOCKS, "npu_library")}
     for name, v in variants.items():
         out[variant_file(root, name)] = out[root / DIR / f"{v.backend}.txt"].replace(
             "# Exporter versions", f"# {name}: a copy of toolchain/{v.backend}.txt. Exporter versions", 1)

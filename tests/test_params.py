@@ -21,7 +21,8 @@ def raw() -> dict:
 
 def test_repo_params_are_valid():
     p = params.load(ROOT / "params.yaml")
-    assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16"}
+    assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16",
+                               "npu-lib-int4", "npu-lib-int8"}
     int4 = p.variants["ov-int4"]
     assert (int4.group_size, int4.ratio, int4.sym) == (128, 0.6, True)
     npu = p.variants["ov-int4-npu"]

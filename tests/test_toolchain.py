@@ -19,7 +19,7 @@ VARIANTS = {"ov-int4": SimpleNamespace(backend="openvino"), "ort-cpu-int4": Simp
 def test_write_then_check_passes_and_the_lock_is_a_pip_constraints_file(tmp_path):
     written = toolchain.write(tmp_path, VARIANTS)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "toolchain/onnx_genai.txt", "toolchain/openvino.txt",
+        "toolchain/npu_library.txt", "toolchain/onnx_genai.txt", "toolchain/openvino.txt",
         "toolchain/variant/ort-cpu-int4.txt", "toolchain/variant/ov-int4.txt"]
     toolchain.check(tmp_path, VARIANTS)
     assert toolchain.write(tmp_path, VARIANTS) == []

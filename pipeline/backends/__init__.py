@@ -16,11 +16,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from pipeline.params import OnnxGenaiVariant, OpenVINOVariant
+from pipeline.params import NpuLibraryVariant, OnnxGenaiVariant, OpenVINOVariant
 
-_MODULES = {"openvino": "pipeline.backends.openvino", "onnx_genai": "pipeline.backends.onnx_genai"}
+_MODULES = {
+    "openvino": "pipeline.backends.openvino",
+    "onnx_genai": "pipeline.backends.onnx_genai",
+    "npu_library": "pipeline.backends.npu_library",
+}
 
 
-def get(variant: OpenVINOVariant | OnnxGenaiVariant) -> ModuleType:
+def get(variant: OpenVINOVariant | OnnxGenaiVariant | NpuLibraryVariant) -> ModuleType:
     # Imported on demand: optimum-intel alone costs ~12 s and ~1 GB, which an ORT stage should not pay.
     return importlib.import_module(_MODULES[variant.backend])

@@ -1,0 +1,254 @@
+"""The NPU routes: the pre-flight that every `npu: true` OpenVINO export passes (symmetric INT4 linear layers, groups
+the NPU takes, static prompt/response limits within the model's positions), and the legacy
+intel-npu-acceleration-library route (run in its own environment; those tests skip where it was not created)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.backends import npu_library
+from pipeline.backends import openvino as backend
+from pipeline.errors import PipelineError
+from pipeline.params import OpenVINOVariant, Prompt, SmokeParams
+from tests import tiny
+
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+
+NPU = OpenVINOVariant(backend="openvino", weight_format="int4", group_size=-1, ratio=1.0, sym=True, npu=True)
+
+
+def _smoke(prompt_len: int, response_len: int) -> SmokeParams:
+    return SmokeParams(prompts=[Prompt(text="Hi")], npu_max_prompt_len=prompt_len, npu_min_response_len=response_len)
+
+
+def _dir(path):
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fp16_ir(tiny_model, tmp_path_factory):
+    ir = tmp_path_factory.mktemp("npu-fp16-ir")
+    backend.export_ir(tiny_model, ir)
+    return ir
+
+
+@pytest.fixture(scope="session")
+def odd_width_ir(tmp_path_factory):
+    """FP16 IR of a tiny checkpoint with hidden 192 (not a multiple of 128, like SmolLM2's 576)."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    src = tmp_path_factory.mktemp("npu-odd-width")
+    torch.manual_seed(0)
+    shape = {"hidden_size": 192, "intermediate_size": 384, "num_attention_heads": 3, "num_key_value_heads": 3}
+    Phi3ForCausalLM(Phi3Config(**{**tiny._BASE, **tiny.FAMILY["mini-4k"], **shape})).save_pretrained(src)
+    tiny.build_tokenizer(src)
+    ir = tmp_path_factory.mktemp("npu-odd-width-ir")
+    backend.export_ir(src, ir)
+    return src, ir
+
+
+def test_npu_artifact_passes_and_records_the_preflight(tiny_model, fp16_ir, tmp_path):
+    import openvino as ov
+
+    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(256, 64))
+    pre = record["npu_preflight"]
+    assert pre["status"] == "passed" and pre["linear_layers"] == 8 and pre["group_sizes"] == {"-1": 8}
+    assert (pre["static_prompt_len"], pre["static_kv_cache_len"], pre["max_position_embeddings"]) == (256, 320, 4096)
+    assert pre["other_weights"] == {"embedding": "u8", "lm_head": "u8"}  # NNCF's int8 backup: fine on the NPU
+    if "NPU" not in ov.Core().available_devices:
+        assert record["npu_blob"]["status"] == "skipped" and "NPUW_DEVICES=CPU" in record["npu_blob"]["reason"]
+        assert not any(f.startswith(backend.NPU_BLOB_DIR) for f in record["files"])
+
+
+def test_group_128_passes(tiny_model, fp16_ir, tmp_path):
+    record = backend.export(tiny_model, NPU.model_copy(update={"group_size": 128}), tmp_path, ir_fp16=fp16_ir)
+    assert record["npu_preflight"]["group_sizes"] == {"128": 8}
+    assert record["npu_preflight"]["max_prompt_len"] == SmokeParams.model_fields["npu_max_prompt_len"].default
+
+
+def test_asymmetric_ir_fails_naming_the_layers(tiny_model, fp16_ir, tmp_path):
+    # An npu variant asking for asym: the IR keeps its own promise (read-back passes), the NPU pre-flight does not.
+    with pytest.raises(PipelineError, match=r"NPU pre-flight: .*int4 weights are asymmetric \(u4 with zero points\) "
+                                            r"in 8 of 8 linear layers \(\S+, \S+, \S+, \.\.\.\)") as err:
+        backend.export(tiny_model, NPU.model_copy(update={"sym": False}), tmp_path, ir_fp16=fp16_ir)
+    assert "\n" not in str(err.value) and "_proj" in str(err.value)
+
+
+def test_asymmetric_ir_from_nncf_fails(fp16_ir, tmp_path):
+    import nncf
+    import openvino as ov
+
+    model = nncf.compress_weights(
+        ov.Core().read_model(fp16_ir / backend.MODEL_XML), mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
+        group_size=128,
+    )
+    ov.save_model(model, tmp_path / backend.MODEL_XML, compress_to_fp16=False)
+    (tmp_path / "config.json").write_text((fp16_ir / "config.json").read_text())
+    with pytest.raises(PipelineError, match=r"asymmetric .* in 8 of 8 linear layers \(.*(proj).*\)"):
+        backend.npu_preflight(tmp_path, 256, 64)
+
+
+def test_group_size_the_npu_does_not_take_fails_naming_the_layers(odd_width_ir, tmp_path):
+    src, ir = odd_width_ir
+    variant = NPU.model_copy(update={"group_size": 128, "group_size_fallback": "adjust"})
+    # qkv, o and gate_up read 192 channels: NNCF's adjust gives them group 64, which the NPU does not take.
+    with pytest.raises(PipelineError, match=r"int4 group size 64 on 192 channels in 6 of 8 linear layers "
+                                            r"\(.*proj.*, \.\.\.\)") as err:
+        backend.export(src, variant, _dir(tmp_path / "adjust"), ir_fp16=ir)
+    assert "\n" not in str(err.value)
+    # With `ignore` those layers stay uncompressed: not int4, named too.
+    variant = variant.model_copy(update={"group_size_fallback": "ignore"})
+    with pytest.raises(PipelineError, match=r"weights are \w+, not int4 in 6 of 8 linear layers"):
+        backend.export(src, variant, _dir(tmp_path / "ignore"), ir_fp16=ir)
+
+
+def test_int8_ir_fails(tiny_model, fp16_ir, tmp_path):
+    variant = NPU.model_copy(update={"weight_format": "int8"})
+    with pytest.raises(PipelineError, match=r"weights are i8, not int4 in 8 of 8 linear layers"):
+        backend.export(tiny_model, variant, tmp_path, ir_fp16=fp16_ir)
+
+
+def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path, monkeypatch):
+    """No NPU on these machines: the compile-and-export branch runs against stand-ins for ov.Core and GenAI's
+    pipeline, which checks its wiring (driver key, options, record), not the NPU compiler."""
+    import openvino as ov
+    import openvino_genai
+
+    real_core = ov.Core
+
+    class Core(real_core):
+        available_devices = ["CPU", "NPU"]
+
+        def get_property(self, device, name):
+            return {"NPU_DRIVER_VERSION": "1.2.3 (test)", "NPU_COMPILER_VERSION": 7}[name] if device == "NPU" else \
+                super().get_property(device, name)
+
+    seen = {}
+
+    def pipeline(path, device, **config):
+        seen.update(device=device, **config)
+        Path(config["BLOB_PATH"]).write_bytes(b"blob")
+
+    monkeypatch.setattr(ov, "Core", Core)
+    monkeypatch.setattr(openvino_genai, "LLMPipeline", pipeline)
+    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(256, 64))
+    blob = record["npu_blob"]
+    assert blob["status"] == "compiled" and blob["driver"] == "1.2.3 (test)" and blob["compiler"] == "7"
+    assert blob["path"] == "npu_blob/1.2.3__test_/openvino_model.blob" and blob["path"] in record["files"]
+    assert seen == {"device": "NPU", "MAX_PROMPT_LEN": 256, "MIN_RESPONSE_LEN": 64, "EXPORT_BLOB": True,
+                    "BLOB_PATH": str(tmp_path / blob["path"])}
+    assert "npu_blob/1.2.3__test_/npu_blob.json" in record["files"]
+
+
+@pytest.mark.parametrize(
+    ("prompt_len", "response_len", "kv_cache"),
+    # 4000 -> 4032 (x64) -> 4096 (chunk of 1024); 3968 + 129 -> 4096 (chunk) + 192 (x64)
+    [(4096, 64, 4160), (4000, 64, 4160), (3968, 129, 4288)],
+)
+def test_prompt_limits_beyond_max_position_embeddings_fail(tiny_model, fp16_ir, tmp_path, prompt_len, response_len,
+                                                           kv_cache):
+    kv = backend.npu_static_shapes(prompt_len, response_len)["kv_cache"]
+    assert kv == kv_cache
+    with pytest.raises(PipelineError, match=r"smoke.npu_max_prompt_len .* beyond the model's "
+                                            r"max_position_embeddings 4096") as err:
+        backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(prompt_len, response_len))
+    assert "\n" not in str(err.value)
+
+
+def test_static_shapes_follow_npuw_rounding():
+    assert backend.npu_static_shapes(256, 64) == {"prompt": 256, "kv_cache": 320}
+    assert backend.npu_static_shapes(100, 1) == {"prompt": 128, "kv_cache": 192}
+    assert backend.npu_static_shapes(1025, 64) == {"prompt": 2048, "kv_cache": 2112}  # chunked prefill, chunk 1024
+    assert backend.npu_static_shapes(3008, 1024) == {"prompt": 3072, "kv_cache": 4096}  # fits a 4k model exactly
+
+
+# ---- intel-npu-acceleration-library (legacy route), in its own environment -----------------------------------
+
+def _library_env() -> bool:
+    try:
+        npu_library.python()
+    except PipelineError:
+        return False
+    return True
+
+
+needs_library = pytest.mark.skipif(not _library_env(), reason="no .venv-npu (python pipeline/npu_env/create.py)")
+IDS = list(range(8, 72))
+
+
+@pytest.fixture(scope="session")
+def library_artifacts(tiny_model, tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("npu-lib")
+    made = {}
+    for dtype in ("int4", "int8"):
+        variant = npu_library.NpuLibraryVariant(backend="npu_library", dtype=dtype)
+        made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype)))
+    return made
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", ["int4", "int8"])
+def test_library_export_is_portable_and_reloads_to_the_same_logits(dtype, library_artifacts, tiny_model):
+    import json
+
+    from safetensors import safe_open
+
+    variant, art, record = library_artifacts[dtype]
+    # Export itself reloads the safetensors in a fresh process and compares: bit-identical logits.
+    assert record["reload"]["max_abs_logit_diff"] == 0.0
+    assert record["quantized_layers"] == 9  # 4 per layer x 2 + lm_head
+    assert {"npu_model.safetensors", "npu_model.json", "config.json", "tokenizer.json"} <= set(record["files"])
+    assert not [f for f in record["files"] if f.endswith((".pt", ".pth", ".pkl", ".bin"))]
+    manifest = (art / "npu_model.json").read_text()
+    assert str(tiny_model) not in manifest and str(art) not in manifest and "/tmp" not in manifest
+    assert json.loads(manifest)["dtype"] == dtype
+    with safe_open(art / "npu_model.safetensors", "pt") as f:
+        qweight = f.get_tensor("model.layers.0.self_attn.qkv_proj.qweight")
+        scale = f.get_tensor("model.layers.0.self_attn.qkv_proj.scale")
+    # int4: two codes a byte (in_features 256 -> 128 bytes); int8: one. One fp16 scale per output channel.
+    assert tuple(qweight.shape) == ((768, 128) if dtype == "int4" else (768, 256))
+    assert str(qweight.dtype) == ("torch.uint8" if dtype == "int4" else "torch.int8")
+    assert tuple(scale.shape) == (768, 1) and str(scale.dtype) == "torch.float16"
+    if not record["device"] == "NPU":
+        assert record["fallback"] == "no NPU: the library ran OpenVINO kernels on CPU"
+
+
+@needs_library
+def test_library_logits_track_torch(library_artifacts, tiny_model):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(torch.tensor([IDS])).logits[0]
+    ref = ref.numpy()
+    cos = {}
+    for dtype, (variant, art, _) in library_artifacts.items():
+        got = npu_library.logits(art, variant, IDS)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        cos[dtype] = float(((got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))).mean())
+    print("npu-library logit cosine vs torch fp32:", cos)
+    assert cos["int8"] >= 0.99 and 0.85 <= cos["int4"] < cos["int8"], cos
+
+
+@needs_library
+def test_library_smoke_runs_on_the_cpu_fallback(library_artifacts, tiny_model):
+    variant, art, _ = library_artifacts["int4"]
+    smoke = SmokeParams(prompts=[Prompt(text="What is the capital of France?", expect="Paris")], max_new_tokens=8)
+    record = npu_library.smoke(art, variant, smoke, tiny_model)
+    assert record["status"] == "passed", record["reason"]
+    assert record["tokenizer_parity"]["status"] == "passed"
+    (run,) = record["runs"]
+    assert run["requested"] == "NPU" and run["prompts"][0]["new_tokens"] > 0 and run["prompts"][0]["prompt_tokens"] > 10
+    if run["device"] == "CPU":
+        assert run["fallback"] == "no NPU: the library ran OpenVINO kernels on CPU"
+
+
+def test_library_without_its_environment_fails_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv(npu_library.VENV_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(PipelineError, match=r"no intel-npu-acceleration-library environment; create it with"):
+        npu_library.export(tmp_path, npu_library.NpuLibraryVariant(backend="npu_library", dtype="int4"), tmp_path)
