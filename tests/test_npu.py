@@ -11,7 +11,7 @@ import pytest
 from pipeline.backends import npu_library
 from pipeline.backends import openvino as backend
 from pipeline.errors import PipelineError
-from pipeline.params import OpenVINOVariant, Prompt, SmokeParams
+from pipeline.params import NpuLibraryVariant, OpenVINOVariant, Prompt, SmokeParams
 from tests import tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -185,7 +185,7 @@ def library_artifacts(tiny_model, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("npu-lib")
     made = {}
     for dtype in ("int4", "int8"):
-        variant = npu_library.NpuLibraryVariant(backend="npu_library", dtype=dtype)
+        variant = NpuLibraryVariant(backend="npu_library", dtype=dtype)
         made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype)))
     return made
 
@@ -236,6 +236,25 @@ def test_library_logits_track_torch(library_artifacts, tiny_model):
 
 
 @needs_library
+def test_library_handles_tied_embeddings(tmp_path):
+    """SmolLM2 (the embedded default) ties lm_head to the embeddings; the library's quantization of a tied lm_head
+    gave int8 logit cosine 0.96 and newline-only answers until the exporter untied it first."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny.build("mini-4k", tmp_path / "src", tie_word_embeddings=True)
+    variant = NpuLibraryVariant(backend="npu_library", dtype="int8")
+    (tmp_path / "out").mkdir()
+    npu_library.export(src, variant, tmp_path / "out")
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([IDS])).logits[0].numpy()
+    got = npu_library.logits(tmp_path / "out", variant, IDS)
+    cos = float(((got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))).mean())
+    assert cos >= 0.999, cos
+
+
+@needs_library
 def test_library_smoke_runs_on_the_cpu_fallback(library_artifacts, tiny_model):
     variant, art, _ = library_artifacts["int4"]
     smoke = SmokeParams(prompts=[Prompt(text="What is the capital of France?", expect="Paris")], max_new_tokens=8)
@@ -251,4 +270,4 @@ def test_library_smoke_runs_on_the_cpu_fallback(library_artifacts, tiny_model):
 def test_library_without_its_environment_fails_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv(npu_library.VENV_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(PipelineError, match=r"no intel-npu-acceleration-library environment; create it with"):
-        npu_library.export(tmp_path, npu_library.NpuLibraryVariant(backend="npu_library", dtype="int4"), tmp_path)
+        npu_library.export(tmp_path, NpuLibraryVariant(backend="npu_library", dtype="int4"), tmp_path)

@@ -58,7 +58,7 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     params["variants"]["ov-int4"]["ratio"] = 0.8
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _changed_stages(proj) == {
-        f"{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality") for model in models
+        f"{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
     } | {"report"}
 
 

@@ -102,13 +102,14 @@ def build_tokenizer(out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def build(kind: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny random Phi-3 checkpoint of family member `kind` to `out` (safetensors, fp32)."""
+def build(kind: str, out: Path, seed: int = 0, **overrides) -> Path:
+    """Write a tiny random Phi-3 checkpoint of family member `kind` to `out` (safetensors, fp32); `overrides` go
+    into its config (e.g. tie_word_embeddings=True, as the embedded SmolLM2 has)."""
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
     out = Path(out)
-    cfg = Phi3Config(**{**_BASE, **FAMILY[kind]})
+    cfg = Phi3Config(**{**_BASE, **FAMILY[kind], **overrides})
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(cfg).eval()
     # Random init gives near-zero logits; widen the output layer so quantization error is visible in metrics.
@@ -118,7 +119,8 @@ def build(kind: str, out: Path, seed: int = 0) -> Path:
     # Hub checkpoints carry the config.json of the transformers that made them (legacy `rope_scaling`, not
     # transformers 5's `rope_parameters`): write that, so every exporter is tested on what users will feed it.
     (out / "config.json").write_text(
-        json.dumps({**_BASE, **FAMILY[kind], "torch_dtype": "float32", "transformers_version": "4.40.2"}, indent=2)
+        json.dumps({**_BASE, **FAMILY[kind], **overrides, "torch_dtype": "float32", "transformers_version": "4.40.2"},
+                   indent=2)
     )
     GenerationConfig(bos_token_id=1, eos_token_id=[3, 6], pad_token_id=3).save_pretrained(out)
     build_tokenizer(out)
