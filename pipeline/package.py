@@ -403,14 +403,14 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
 
 def stage(params, model: str, variant_name: str, layout) -> dict:
     """`aipc package <model> <variant>`: reads params.models[model], params.variants[variant] and
-    params.quality.thresholds (the variant's family), writes releases/<model>/<variant>/."""
+    params.quality.thresholds (the variant's own, else its family's), writes releases/<model>/<variant>/."""
     import sys
 
     from pipeline.layout import SOURCE
-    from pipeline.quality import family
+    from pipeline.quality import limits_for
 
     variant = params.variants[variant_name]
-    limits = params.quality.thresholds.get(family(variant))
+    limits = limits_for(params.quality, variant_name, variant)
     out = layout.release(model, variant_name)
     print(f"[package] {model}-{variant_name} -> {out}", file=sys.stderr)
     return run(model, variant_name, variant, layout.artifact(model, variant_name), layout.artifact(model, SOURCE),

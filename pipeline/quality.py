@@ -64,6 +64,7 @@ class QualityParams(BaseModel):
     enforce: bool = True
     # family (a variant's weight_format / precision: fp16, int8, int4, fp32) -> limits. A family with no entry is
     # measured and reported as ungated.
+    # keyed by precision family (fp16, int8, int4) or by a variant's name, which wins over its family
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)
 
 
@@ -74,6 +75,11 @@ LIMITS = {
     "max_kl": ("kl", False),
     "max_ppl_ratio": ("ppl_ratio", False),
 }
+
+
+def limits_for(quality: QualityParams, name: str, variant) -> Thresholds | None:
+    """A variant's thresholds: an entry under its own name wins over its precision family's."""
+    return quality.thresholds.get(name) or quality.thresholds.get(family(variant))
 
 
 def family(variant) -> str:

@@ -1,7 +1,7 @@
 """Stage `report`: one table of every artifact's quality (variant x metric), and the gate.
 
 Reads every metrics/<model>/<variant>/quality.json, checks its `gate` numbers against the thresholds of the
-variant's family (quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails
+variant (by name, else its precision family) (quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails
 naming every variant and metric that missed, unless quality.enforce is false (then the misses are only listed).
 The family comes from the variant's params as they are now, so changing a threshold re-gates without re-measuring.
 The report is not under metrics/: the stage depends on that whole directory (which is how DVC orders it after every
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline import fsutil
 from pipeline.errors import PipelineError
-from pipeline.quality import QualityParams, family, misses
+from pipeline.quality import QualityParams, family, limits_for, misses
 
 REPORT = "reports/quality.json"
 PLOTS = "reports/plots.json"
@@ -56,7 +56,7 @@ def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path
             continue
         rec = json.loads(path.read_text())
         fam = family(variants[name])
-        limits = quality.thresholds.get(fam)
+        limits = limits_for(quality, name, variants[name])
         missed = misses(rec["gate"], limits)
         failures += [f"{model}/{name}: {m}" for m in missed]
         status = "ungated" if limits is None else "MISS" if missed else "ok"

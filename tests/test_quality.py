@@ -210,3 +210,12 @@ def test_params_can_import_quality_params():
     code = "import sys, pipeline.quality, pipeline.report; assert 'pipeline.params' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
+
+
+def test_thresholds_by_variant_name_win_over_the_family(metrics_root):
+    variants = {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}
+    loose = {"min_cosine": 0.5, "min_top1": 0.0, "max_kl": 100.0, "max_ppl_ratio": 100.0}
+    gate = GATE.model_copy(update={"thresholds": {**GATE.thresholds, "ov-broken": Thresholds(**loose)}})
+    table, misses = report.run(gate, variants, metrics_root, metrics_root / "r.json")
+    assert misses == []  # the broken artifact now meets the limits set for it by name; fp16 still gates ov-fp16
+    assert table.count(" ok") == 3
