@@ -23,3 +23,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_models) -> Path:
     return tiny_models["mini-4k"]
+
+
+@pytest.fixture(scope="session")
+def odd_width_model(tmp_path_factory) -> Path:
+    """A tiny checkpoint whose hidden size (192) is not a multiple of 128, like SmolLM2's 576."""
+    return tiny.build("mini-4k", tmp_path_factory.mktemp("odd-width") / "src", **tiny.ODD_WIDTH)

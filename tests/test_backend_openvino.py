@@ -138,24 +138,10 @@ def test_readback_rejects_fp16_weights_for_int4(fp16_irs):
     assert "\n" not in str(err.value)
 
 
-@pytest.fixture(scope="session")
-def odd_width(tmp_path_factory):
-    """A tiny checkpoint whose hidden size (192) is not a multiple of 128, like SmolLM2's 576."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    src = tmp_path_factory.mktemp("odd-width")
-    torch.manual_seed(0)
-    shape = {"hidden_size": 192, "intermediate_size": 384, "num_attention_heads": 3, "num_key_value_heads": 3}
-    Phi3ForCausalLM(Phi3Config(**{**tiny._BASE, **tiny.FAMILY["mini-4k"], **shape})).save_pretrained(src)
-    tiny.build_tokenizer(src)
-    return src
-
-
-def test_group_size_fallback_adjust_is_recorded(odd_width, tmp_path):
+def test_group_size_fallback_adjust_is_recorded(odd_width_model, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"ratio": 1.0, "group_size_fallback": "adjust"})
     out = _empty_dir(tmp_path / "out")
-    weights = backend.export(odd_width, variant, out, ir_fp16=None)["weights"]  # FP16 IR made on the way
+    weights = backend.export(odd_width_model, variant, out, ir_fp16=None)["weights"]  # FP16 IR made on the way
     # qkv, o and gate_up read 192 channels: group 64; down_proj reads 384: group 128. Two layers each.
     assert weights["group_sizes"] == {"-1": 2, "128": 2, "64": 6}
     assert len(weights["fallbacks"]) == 6
@@ -163,13 +149,13 @@ def test_group_size_fallback_adjust_is_recorded(odd_width, tmp_path):
     assert weights["int4_fraction"] == 1.0
 
 
-def test_group_size_fallback_error_is_one_line(odd_width, tmp_path):
-    ir = backend.export_ir(odd_width, _empty_dir(tmp_path / "ir"))
+def test_group_size_fallback_error_is_one_line(odd_width_model, tmp_path):
+    ir = backend.export_ir(odd_width_model, _empty_dir(tmp_path / "ir"))
     assert ir["files"]
     variant = VARIANTS["ov-int4"].model_copy(update={"group_size_fallback": "error"})
     # Only the layers NNCF's ratio picks for int4 must take the group: here 2 of the 6 with 192 channels.
     with pytest.raises(PipelineError, match=r"group size 128 does not divide the input channels of \d+ layers") as err:
-        backend.export(odd_width, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir")
+        backend.export(odd_width_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir")
     assert "\n" not in str(err.value)
 
 

@@ -36,19 +36,11 @@ def fp16_ir(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def odd_width_ir(tmp_path_factory):
-    """FP16 IR of a tiny checkpoint with hidden 192 (not a multiple of 128, like SmolLM2's 576)."""
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    src = tmp_path_factory.mktemp("npu-odd-width")
-    torch.manual_seed(0)
-    shape = {"hidden_size": 192, "intermediate_size": 384, "num_attention_heads": 3, "num_key_value_heads": 3}
-    Phi3ForCausalLM(Phi3Config(**{**tiny._BASE, **tiny.FAMILY["mini-4k"], **shape})).save_pretrained(src)
-    tiny.build_tokenizer(src)
+def odd_width_ir(odd_width_model, tmp_path_factory):
+    """FP16 IR of the hidden-192 checkpoint."""
     ir = tmp_path_factory.mktemp("npu-odd-width-ir")
-    backend.export_ir(src, ir)
-    return src, ir
+    backend.export_ir(odd_width_model, ir)
+    return odd_width_model, ir
 
 
 def test_npu_artifact_passes_and_records_the_preflight(tiny_model, fp16_ir, tmp_path):

@@ -71,6 +71,9 @@ FAMILY: dict[str, dict] = {
                       num_attention_heads=8, num_key_value_heads=2, sliding_window=2047),
 }
 
+# Hidden size not a multiple of 128, like SmolLM2's 576: INT4 group 128 needs NNCF's group-size fallback.
+ODD_WIDTH = {"hidden_size": 192, "intermediate_size": 384, "num_attention_heads": 3, "num_key_value_heads": 3}
+
 _CORPUS = [
     "The capital of France is Paris. The capital of Italy is Rome.",
     "Write one sentence about the sea. The sea is wide, blue and deep.",
