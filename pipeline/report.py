@@ -33,7 +33,7 @@ HTML = "reports/index.html"
 # The file(s) that hold an artifact's weights: what one decoded token reads (bench/bandwidth.py).
 WEIGHT_FILES = ("openvino_model.bin", "model.onnx.data", "model.onnx")
 COLUMNS = [("cosine", "{:.5f}"), ("top1", "{:.3f}"), ("kl", "{:.2e}"), ("ppl_ratio", "{:.4f}"),
-           ("answers_identical", "{:.2f}")]
+           ("similarity", "{:.3f}"), ("answers_identical", "{:.2f}")]
 
 
 def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path, *,
@@ -67,7 +67,7 @@ def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path
     table = _table(rows) + "\n\n" + _perf_table(rows)
     fsutil.write_json(out, {"enforce": quality.enforce, "rows": rows, "exports": exports, "misses": failures})
     if plots:
-        fsutil.write_json(plots, {"rows": [{k: r[k] for k in PLOT_FIELDS} for r in rows]})
+        fsutil.write_json(plots, {"rows": [{k: r.get(k) for k in PLOT_FIELDS} for r in rows]})
     if html:
         from pipeline import html_report  # matplotlib: imported only where the page is drawn
 
@@ -85,7 +85,7 @@ def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path
 
 PERF_COLUMNS = [("size_mb", "{:.1f}"), ("ttft_ms", "{:.1f}"), ("tokens_per_s", "{:.1f}"),
                 ("smoke_rss_mb", "{:.0f}"), ("export_wall_s", "{:.1f}"), ("export_rss_mb", "{:.0f}")]
-PLOT_FIELDS = ["model", "variant", "family", "size_mb", "cosine", "top1", "kl", "ppl_ratio", "ttft_ms",
+PLOT_FIELDS = ["model", "variant", "family", "size_mb", "cosine", "top1", "kl", "ppl_ratio", "similarity", "ttft_ms",
                "tokens_per_s", "device", "fallback"]
 
 

@@ -29,3 +29,18 @@ def tiny_model(tiny_models) -> Path:
 def odd_width_model(tmp_path_factory) -> Path:
     """A tiny checkpoint whose hidden size (192) is not a multiple of 128, like SmolLM2's 576."""
     return tiny.build("mini-4k", tmp_path_factory.mktemp("odd-width") / "src", **tiny.ODD_WIDTH)
+
+
+def assert_greedy(backend, artifact, variant, prompt: list[int], n: int = 12) -> list[int]:
+    """backend.generate()'s answer is the greedy one: each new id is the argmax of the artifact's own teacher-forced
+    logits over prompt + answer (within a small tolerance: the cached decode path and the one-pass prefill round
+    differently, and a random tiny model has near-ties). Fails if generate() re-templates or drops the prompt."""
+    import numpy as np
+
+    (new,) = backend.generate(artifact, variant, [prompt], n)
+    assert 0 < len(new) <= n and all(isinstance(t, int) for t in new)
+    logits = backend.logits(artifact, variant, prompt + new)[len(prompt) - 1: len(prompt) - 1 + len(new)]
+    chosen = logits[np.arange(len(new)), new]
+    slack = 1e-2 * np.abs(logits).max(-1)
+    assert (chosen >= logits.max(-1) - slack).all(), (new, logits.argmax(-1).tolist())
+    return new

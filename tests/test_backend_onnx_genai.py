@@ -16,6 +16,7 @@ from pipeline.backends import onnx_genai
 from pipeline.errors import PipelineError
 from pipeline.params import OnnxGenaiVariant, Prompt, SmokeParams
 from tests import tiny
+from tests.conftest import assert_greedy
 
 # The ONNX Runtime GenAI variants of params.yaml.
 VARIANTS = {
@@ -64,6 +65,11 @@ def reference(tiny_models):
         return done[kind]
 
     return get
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_generate_is_greedy_on_the_artifacts_own_logits(name, exported):
+    assert_greedy(onnx_genai, exported("mini-4k", name)[0], VARIANTS[name], IDS[:16])
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -10,6 +10,7 @@ from pipeline.backends import openvino as backend
 from pipeline.errors import PipelineError
 from pipeline.params import OpenVINOVariant, Prompt, SmokeParams
 from tests import tiny
+from tests.conftest import assert_greedy
 
 # Tracing inside optimum's export warns about every shape-dependent branch of the torch model; noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -82,6 +83,11 @@ def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
         for name in ("openvino_model.xml", "openvino_model.bin", *backend.TOKENIZER_IRS, "config.json"):
             assert name in record["files"] and (ir / name).is_file()
         assert record["seconds"] > 0
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_generate_is_greedy_on_the_artifacts_own_logits(name, artifacts):
+    assert_greedy(backend, artifacts["mini-4k", name][0], VARIANTS[name], IDS[:16])
 
 
 @pytest.mark.parametrize("kind", list(tiny.FAMILY))

@@ -13,6 +13,7 @@ from pipeline.backends import openvino as backend
 from pipeline.errors import PipelineError
 from pipeline.params import NpuLibraryVariant, OpenVINOVariant, Prompt, SmokeParams
 from tests import tiny
+from tests.conftest import assert_greedy
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
@@ -207,6 +208,12 @@ def test_library_export_is_portable_and_reloads_to_the_same_logits(dtype, librar
     assert tuple(scale.shape) == (768, 1) and str(scale.dtype) == "torch.float16"
     if not record["device"] == "NPU":
         assert record["fallback"] == "no NPU: the library ran OpenVINO kernels on CPU"
+
+
+@needs_library
+def test_library_generate_is_greedy_on_its_own_logits(library_artifacts):
+    variant, art, _ = library_artifacts["int8"]
+    assert_greedy(npu_library, art, variant, IDS[:16])
 
 
 @needs_library

@@ -143,6 +143,34 @@ def test_metrics_tell_precisions_apart(measured):
                 assert 0 <= s["first_divergence"] < MAX_NEW and tokens["artifact"] != tokens["reference"]
 
 
+def test_answers_come_from_the_artifacts_runtime(measured):
+    # fp16 never diverges teacher-forced, so its generated answers must be the reference's, word for word.
+    chats = [s for s in measured["ov-fp16"]["sequences"] if s["kind"] == "chat"]
+    assert chats and all(c["answer"] == c["reference_answer"] for c in chats)
+    assert measured["ov-fp16"]["gate"]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    for rec in measured.values():
+        sims = [s["similarity"] for s in rec["sequences"] if s["kind"] == "chat"]
+        assert rec["gate"]["similarity"] == pytest.approx(np.mean(sims))
+        for s in rec["sequences"]:
+            if s["kind"] == "chat" and s["first_divergence"] is not None:  # greedy: the shared prefix is generated
+                assert s["answer"].startswith(s["shared_prefix"]) and s["answer"] != s["reference_answer"]
+
+
+def test_answer_similarity_scores_meaning():
+    same, paraphrase, unrelated = quality.answer_similarity(
+        ["The capital of France is Paris."] * 3,
+        ["The capital of France is Paris.", "Paris is France's capital city.", "Mix the flour with two eggs."])
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert paraphrase > 0.8 and unrelated < 0.3, (paraphrase, unrelated)
+
+
+def test_gate_names_an_answer_similarity_miss():
+    limits = Thresholds(min_similarity=0.9)
+    assert quality.misses({"similarity": 0.62}, limits) == ["similarity 0.62 < 0.9"]
+    assert quality.misses({"similarity": 0.95}, limits) == []
+    assert quality.misses({}, limits) == ["similarity not measured (limit 0.9)"]
+
+
 def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):
     with pytest.raises(PipelineError) as err:
         report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root, metrics_root / "r.json")

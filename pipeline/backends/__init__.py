@@ -9,6 +9,9 @@
         a failure is a record with status "failed" and its reason.
     logits(artifact: Path, variant, input_ids: Sequence[int]) -> np.ndarray
         Teacher-forced logits, shape [len(input_ids), vocab], float32, from the artifact's own runtime.
+    generate(artifact: Path, variant, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]
+        Greedy new ids for each tokenized prompt (no chat template applied: the ids are the prompt), from the same
+        runtime and settings as logits(); stops at the artifact's eos ids.
 """
 
 from __future__ import annotations

@@ -27,6 +27,12 @@ def source_ids(source: Path, text: str) -> list[int]:
     return list(source_tokenizer(Path(source))(text, add_special_tokens=False)["input_ids"])
 
 
+def until_eos(ids: Sequence[int], eos: Sequence[int]) -> list[int]:
+    """`ids` up to and including the first eos id (a runtime that stops there leaves nothing after it anyway)."""
+    ids = [int(i) for i in ids]
+    return next((ids[: j + 1] for j, t in enumerate(ids) if t in eos), ids)
+
+
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first position where the sequences differ (a length difference counts), else None."""
     for i, (x, y) in enumerate(zip(a, b)):

@@ -146,6 +146,14 @@ def _eos_ids(artifact: Path) -> list[int]:
     return []
 
 
+def generate(artifact: Path, variant: NpuLibraryVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
+             ) -> list[list[int]]:
+    """Greedy new ids for each tokenized prompt, from the reloaded model (one worker process for all of them)."""
+    result, _ = _worker("run", str(Path(artifact).resolve()), request={
+        "generate": [{"ids": [int(i) for i in ids], "max_new_tokens": max_new_tokens} for ids in prompts]})
+    return [gen["new_ids"] for gen in result["generate"]]
+
+
 def logits(artifact: Path, variant: NpuLibraryVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from the reloaded model (one worker process)."""
     _, out = _worker("run", str(Path(artifact).resolve()), request={"logits": [int(i) for i in input_ids]})

@@ -252,21 +252,8 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
 
 
 def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: int) -> dict:
-    import onnxruntime_genai as og
-
     ids = tokenizer.encode(chat_text(source, prompt.text))
-    params = og.GeneratorParams(model)
-    # Greedy, whatever genai_config.json's search section says; stops early at the eos ids stored there.
-    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
-    generator = og.Generator(model, params)
-    start = time.perf_counter()
-    generator.append_tokens(ids)
-    new: list[int] = []
-    first = None
-    while not generator.is_done():
-        generator.generate_next_token()
-        new.append(int(generator.get_next_tokens()[0]))
-        first = first or time.perf_counter()
+    new, start, first = _greedy(model, ids, max_new_tokens)
     end = time.perf_counter()
     answer = new[:-1] if new and new[-1] in set(tokenizer.eos_token_ids) else new
     text = tokenizer.decode(np.asarray(answer, dtype=np.int32))
@@ -282,10 +269,36 @@ def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: in
     }
 
 
+def _greedy(model, ids, max_new_tokens: int) -> tuple[list[int], float, float | None]:
+    """The new ids; when the prompt went in and when the first new id came out (perf_counter)."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    # Greedy, whatever genai_config.json's search section says; stops early at the eos ids stored there.
+    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    new: list[int] = []
+    first = None
+    while not generator.is_done():
+        generator.generate_next_token()
+        new.append(int(generator.get_next_tokens()[0]))
+        first = first or time.perf_counter()
+    return new, start, first
+
+
+def generate(artifact: Path, variant: OnnxGenaiVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
+             ) -> list[list[int]]:
+    """Greedy new ids for each tokenized prompt, from onnxruntime-genai on the provider logits() uses."""
+    onnx = Path(artifact) / MODEL_ONNX
+    model = _model_for_logits(Path(artifact), variant, onnx.stat().st_mtime_ns)
+    return [_greedy(model, ids, max_new_tokens)[0] for ids in prompts]
+
 
 @functools.lru_cache(maxsize=1)
 def _model_for_logits(artifact: Path, variant: OnnxGenaiVariant, mtime_ns: int):
-    """Loaded once per process for the quality stage's several logits() calls (mtime in the key: a model rewritten
+    """Loaded once per process for the quality stage's several logits() and generate() calls (mtime in the key: a model rewritten
     in place is reloaded)."""
     return _load(artifact, variant)[0]
 

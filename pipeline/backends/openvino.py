@@ -582,17 +582,19 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
 
 
 
+# The quality stage runs the IR in f32, so its numbers show what the stored weights do and not the CPU plugin's
+# defaults: bf16 inference on CPUs with AVX512-BF16/AMX (this machine has it), an f16/u8 KV cache, and dynamic int8
+# quantization of the activations that feed compressed MatMuls.
+QUALITY_F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
+
 @functools.lru_cache(maxsize=1)
 def _compiled_f32(xml: str, mtime_ns: int):
     """The IR compiled once per process for the quality stage's several logits() calls (keyed on mtime too, so an
     IR rewritten in place is recompiled)."""
     import openvino as ov
 
-    # f32 execution, so the numbers show what the stored weights do and not the CPU plugin's defaults: bf16
-    # inference on CPUs with AVX512-BF16/AMX (this machine has it), an f16/u8 KV cache, and dynamic int8
-    # quantization of the activations that feed compressed MatMuls.
-    f32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
-    return ov.Core().compile_model(xml, "CPU", f32)
+    return ov.Core().compile_model(xml, "CPU", QUALITY_F32)
 
 
 def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -> np.ndarray:
@@ -608,6 +610,22 @@ def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -
         "beam_idx": np.zeros(1, dtype=np.int32),
     })
     return np.asarray(outputs["logits"][0], dtype=np.float32)
+
+
+def generate(artifact: Path, variant: OpenVINOVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
+             ) -> list[list[int]]:
+    """Greedy new ids for each tokenized prompt, from openvino-genai on CPU in f32 (as logits()); stops at the
+    artifact's eos ids."""
+    import openvino as ov
+    import openvino_genai
+
+    pipe = openvino_genai.LLMPipeline(str(artifact), "CPU", **QUALITY_F32)
+    config = pipe.get_generation_config()  # the artifact's own, so its stop ids stay in force
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = False
+    # Token ids in, token ids out: no chat template and no tokenizer IR between the reference's prompt and the model.
+    return [[int(t) for t in pipe.generate(ov.Tensor(np.asarray([ids], dtype=np.int64)), config).tokens[0]]
+            for ids in prompts]
 
 
 # ---- small helpers -------------------------------------------------------------------------------------------
