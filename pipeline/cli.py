@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                    "quality.enforce is false")
     sub.add_parser("native", help="runtime wheels or a source build of one target into artifacts/native/<target>")\
         .add_argument("target")
+    sub.add_parser("runner-wheel", help="our C++ OpenVINO runner as a wheel (scikit-build-core) into "
+                   "artifacts/native/ov_runner")
     sub.add_parser("runner", help="our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 IR").add_argument("model")
     from pipeline import publish, toolchain
 
@@ -68,6 +70,15 @@ def _run(args: argparse.Namespace) -> None:
             rec["build"] = native.run(params.native[args.target], args.root / "artifacts" / "native" / args.target)
         fsutil.write_json(args.root / "metrics" / "native" / f"{args.target}.json", rec)
         return
+    if args.command == "runner-wheel":
+        from pipeline import fsutil, native
+        from pipeline.record import measured
+
+        with measured("runner_wheel") as rec:
+            rec["build"] = native.runner_wheel(args.root / "artifacts" / "native" / "ov_runner",
+                                               args.root / "build_native" / "out" / "ov_runner")
+        fsutil.write_json(args.root / "metrics" / "native" / "ov_runner.json", rec)
+        return
     if args.command in ("toolchain", "publish"):
         from pipeline import publish, toolchain
 
@@ -102,8 +113,8 @@ def _run(args: argparse.Namespace) -> None:
 
         ir = layout.artifact(args.model, IR_FP16)
         fsutil.verify_manifest(ir)
-        rec = native.runner_smoke(ir, [p.text for p in params.smoke.prompts], params.smoke.max_new_tokens,
-                                  args.root / "build_native" / "out" / "ov_runner")
+        wheel = native.runner_wheel_file(args.root / "artifacts" / "native" / "ov_runner")
+        rec = native.runner_smoke(ir, [p.text for p in params.smoke.prompts], params.smoke.max_new_tokens, wheel)
         fsutil.write_json(layout.metrics(args.model, IR_FP16, "runner"), rec)
         if rec["status"] != "passed":
             raise PipelineError(f"native runner on {args.model}/{IR_FP16}: {rec['reason']}")

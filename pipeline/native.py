@@ -396,7 +396,12 @@ def _genai_build_cmd(native: NativeParams, genai_src: Path, build_dir: Path, ort
         cmd.append("--use_dml")
     if native.execution_provider == "cuda":
         cmd += ["--use_cuda", "--cuda_home", os.environ.get("CUDA_HOME") or os.environ["CUDA_PATH"]]
-    defines = ["ENABLE_TESTS=OFF", *_cmake_defines(native, native.source.onnxruntime_genai, "ENABLE_TELEMETRY")]
+    # The Python module and wheel must be built for this interpreter: build.py passes none, so pybind11 (and the
+    # wheel target's `${PYTHON_EXECUTABLE} -m pip wheel`) otherwise take whatever python PATH finds first (found by
+    # a real build: a pyenv shim for a python3.7 that was not installed, and configure failed).
+    python = [f"{var}={sys.executable}" for var in ("PYTHON_EXECUTABLE", "Python_EXECUTABLE", "Python3_EXECUTABLE")]
+    defines = ["ENABLE_TESTS=OFF", *python,
+               *_cmake_defines(native, native.source.onnxruntime_genai, "ENABLE_TELEMETRY")]
     return cmd + ["--cmake_extra_defines", *defines]
 
 
@@ -464,24 +469,80 @@ def _build_env(native: NativeParams, cmake: str, cmake_version: str) -> tuple[di
     return env, toolchain
 
 
-# ---- the C++ runner (build_native/ov_runner) -------------------------------------------------------------------
+# ---- the C++ runner (build_native/ov_runner, packaged as a wheel by scikit-build-core) ------------------------
 
 
-def build_runner(out_dir: Path, jobs: int = 2) -> Path:
-    """Configure and build build_native/ov_runner against the openvino wheel's CMake package; return the binary."""
-    out_dir = Path(out_dir).resolve()
-    cmake, _ = _cmake(RUNNER_CMAKE_MIN)
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    log = out_dir / "build.log"
-    _run([cmake, "-S", str(RUNNER_SRC), "-B", str(out_dir), *generator, "-DCMAKE_BUILD_TYPE=Release",
-          f"-DOpenVINO_DIR={_package_dir('openvino') / 'cmake'}"], what="ov_runner configure", log=log)
-    _run([cmake, "--build", str(out_dir), "--config", "Release", "--parallel", str(jobs)],
-         what="ov_runner build", log=log)
-    name = "ov_runner.exe" if IS_WINDOWS else "ov_runner"
-    for binary in (out_dir / name, out_dir / "Release" / name):  # single- and multi-config generators
-        if binary.is_file():
-            return binary
-    raise PipelineError(f"ov_runner build finished but {out_dir / name} is missing; see {log}")
+def build_runner(wheel_dir: Path, build_dir: Path) -> Path:
+    """`pip wheel build_native/ov_runner` into `wheel_dir`; the wheel. No build isolation: it compiles against the
+    openvino installed here (the runtime the binary will load) and needs no index. `build_dir` keeps CMake's tree
+    between builds, so a rebuild recompiles only what changed."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    _cmake(RUNNER_CMAKE_MIN)
+    if importlib.util.find_spec("scikit_build_core") is None:
+        raise PipelineError("native: building ov_runner needs scikit-build-core in this environment "
+                            "(a dependency of the project: pip install -e .)")
+    wheel_dir, build_dir = Path(wheel_dir).resolve(), Path(build_dir).resolve()
+    log = build_dir / "pip-wheel.log"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir", str(wheel_dir),
+          "--config-settings", f"build-dir={build_dir}", str(RUNNER_SRC)], what="ov_runner wheel", log=log)
+    wheels = sorted(wheel_dir.glob("aipc_ov_runner-*.whl"))
+    if len(wheels) != 1:
+        raise PipelineError(f"native: pip wheel left {len(wheels)} aipc_ov_runner wheels in {wheel_dir}; see {log}")
+    # The binary needs exactly the openvino it was compiled against (the soname carries the patch release).
+    installed = version("openvino")
+    for spec in _requires(wheels[0]):
+        req = Requirement(spec)
+        if req.name == "openvino" and not req.specifier.contains(installed, prereleases=True):
+            raise PipelineError(f"native: {RUNNER_SRC / 'pyproject.toml'} pins {req} but this environment has "
+                                f"openvino {installed}; pin that release there")
+    return wheels[0]
+
+
+def install_runner(wheel: Path) -> Path:
+    """pip install the runner's wheel into this environment; the installed binary. It must land beside openvino:
+    its RPATH is $ORIGIN/../../openvino/libs."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(Path(wheel).resolve())],
+         what="ov_runner install")
+    try:
+        package = Path(distribution("aipc-ov-runner").locate_file("aipc_ov_runner"))
+    except PackageNotFoundError:
+        raise PipelineError(f"native: pip installed {Path(wheel).name} but aipc-ov-runner is not importable") from None
+    binary = package / "bin" / ("ov_runner.exe" if IS_WINDOWS else "ov_runner")
+    if not binary.is_file():
+        raise PipelineError(f"native: {binary} is missing after installing {Path(wheel).name}")
+    site = _package_dir("openvino").parent
+    if package.parent.resolve() != site.resolve():
+        raise PipelineError(f"native: aipc-ov-runner went to {package.parent} but openvino is in {site}; "
+                            "the binary finds openvino's libraries only beside it")
+    return binary
+
+
+def runner_wheel(out: Path, build_dir: Path) -> dict:
+    """Stage `runner_wheel`: the runner's wheel in `out` (artifacts/native/ov_runner) with its sha256 manifest,
+    replaced atomically. The wheel is reproducible (scikit-build-core `wheel.reproducible`), so the out is too."""
+    from importlib.metadata import version
+
+    start = time.perf_counter()
+    with fsutil.staged_dir(out) as tmp:
+        wheel = build_runner(tmp, build_dir)
+        files = fsutil.write_manifest(tmp)
+    return {"wheel": wheel.name, "sha256": files[wheel.name], "size_bytes": (Path(out) / wheel.name).stat().st_size,
+            "build_s": round(time.perf_counter() - start, 2), "build_dir": str(Path(build_dir).resolve()),
+            "scikit-build-core": version("scikit-build-core")}
+
+
+def runner_wheel_file(wheel_dir: Path) -> Path:
+    """The wheel that stage `runner_wheel` left in `wheel_dir`, checked against its manifest."""
+    fsutil.verify_manifest(wheel_dir)
+    wheels = sorted(Path(wheel_dir).glob("aipc_ov_runner-*.whl"))
+    if len(wheels) != 1:
+        raise PipelineError(f"native: expected one aipc_ov_runner wheel in {wheel_dir}, found {len(wheels)}")
+    return wheels[0]
 
 
 def runner_json(binary: Path, ir_dir: Path, ids: list[int] | None = None, n: int = 16, *, text: str | None = None,
@@ -534,16 +595,17 @@ def genai_greedy(pipe, ids: list[int], n: int, *, ignore_eos: bool = True) -> li
     return [int(t) for t in pipe.generate(prompt, config).tokens[0]]
 
 
-def runner_smoke(ir_dir: Path, prompts: list[str], max_new_tokens: int, build_dir: Path) -> dict:
-    """The native check of an OpenVINO IR (ov-fp16): build the runner, then decode each chat prompt with it and
-    with openvino-genai from the same prompt ids, both in f32 and stopping at the IR's stop tokens; the tokens must
-    be equal. Never raises for a mismatch: it becomes the record's reason."""
+def runner_smoke(ir_dir: Path, prompts: list[str], max_new_tokens: int, wheel: Path) -> dict:
+    """The native check of an OpenVINO IR (ov-fp16): install the runner's wheel, then decode each chat prompt with
+    it and with openvino-genai from the same prompt ids, both in f32 and stopping at the IR's stop tokens; the tokens
+    must be equal. Never raises for a mismatch: it becomes the record's reason."""
     import openvino_genai
 
     start = time.perf_counter()
-    binary = build_runner(build_dir)
-    record = {"status": "passed", "reason": None, "binary": str(binary),
-              "build_s": round(time.perf_counter() - start, 2), "properties": F32, "prompts": []}
+    binary = install_runner(wheel)
+    record = {"status": "passed", "reason": None, "wheel": Path(wheel).name,
+              "wheel_sha256": fsutil.sha256_file(wheel), "binary": str(binary),
+              "install_s": round(time.perf_counter() - start, 2), "properties": F32, "prompts": []}
     tokenizer = openvino_genai.Tokenizer(str(ir_dir))
     pipe = genai_pipeline(ir_dir, F32)
     eos = tuple(sorted(pipe.get_generation_config().stop_token_ids))

@@ -1,5 +1,6 @@
-"""build_native: pinned wheels with a verified manifest, refusals before any work, the C++ OpenVINO runner against
-openvino-genai on a tiny FP16 IR, and (opt-in, when source checkouts are given) the real onnxruntime-genai build."""
+"""build_native: pinned wheels with a verified manifest, refusals before any work, the C++ OpenVINO runner (its wheel,
+installed) against openvino-genai on a tiny FP16 IR, and (opt-in, when source checkouts are given) the real
+onnxruntime-genai build."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,8 +183,16 @@ def tiny_ir(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def runner(tmp_path_factory) -> Path:
-    return native.build_runner(tmp_path_factory.mktemp("ov_runner"))
+def runner_wheel(tmp_path_factory) -> Path:
+    """The runner's wheel, built as the pipeline builds it (pip wheel: scikit-build-core, no build isolation)."""
+    tmp = tmp_path_factory.mktemp("ov_runner")
+    return native.build_runner(tmp / "dist", tmp / "build")
+
+
+@pytest.fixture(scope="session")
+def runner(runner_wheel) -> Path:
+    """Its binary, pip-installed into this environment beside openvino, as stage `runner` does."""
+    return native.install_runner(runner_wheel)
 
 
 def python_greedy(ir: Path, ids: list[int], n: int) -> list[int]:
@@ -230,9 +240,10 @@ def test_runner_tokenizes_text_with_the_tokenizer_ir(runner, tiny_ir):
     assert len(record["tokens"]) == 4 and isinstance(record["text"], str)
 
 
-def test_runner_smoke_matches_genai_on_chat_prompts(runner, tiny_ir):
-    record = native.runner_smoke(tiny_ir, ["What is the capital of France?", "Hi"], 16, runner.parent)
+def test_runner_smoke_matches_genai_on_chat_prompts(runner_wheel, runner, tiny_ir):
+    record = native.runner_smoke(tiny_ir, ["What is the capital of France?", "Hi"], 16, runner_wheel)
     assert record["status"] == "passed", record["reason"]
+    assert record["binary"] == str(runner) and record["wheel_sha256"] == fsutil.sha256_file(runner_wheel)
     assert all(p["match"] and p["runner_tokens"] for p in record["prompts"])
     assert all(isinstance(p["text"], str) for p in record["prompts"])
 
@@ -243,10 +254,72 @@ def test_runner_errors_are_one_line(runner, tiny_ir):
     assert "NO_SUCH_PROPERTY" in one_line(err) and "Exception from" not in str(err.value)
 
 
+def test_runner_wheel_ships_the_binary_and_pins_this_openvino(runner_wheel):
+    from importlib.metadata import version
+
+    with zipfile.ZipFile(runner_wheel) as z:
+        binary = z.getinfo("aipc_ov_runner/bin/" + ("ov_runner.exe" if native.IS_WINDOWS else "ov_runner"))
+        tag = next(line for line in z.read("aipc_ov_runner-0.1.0.dist-info/WHEEL").decode().splitlines()
+                   if line.startswith("Tag:"))
+        scripts = z.read("aipc_ov_runner-0.1.0.dist-info/entry_points.txt").decode()
+    assert native.IS_WINDOWS or binary.external_attr >> 16 & 0o111  # executable once unpacked
+    assert tag.startswith("Tag: py3-none-")  # a program: one wheel per platform, any Python
+    assert "ov_runner = aipc_ov_runner:main" in scripts
+    assert native._requires(runner_wheel) == [f"openvino=={version('openvino')}"]
+
+
+def test_runner_wheel_pinned_to_another_openvino_is_refused(runner_wheel, tmp_path, monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2099.1.0")
+    with pytest.raises(PipelineError) as err:
+        native.build_runner(tmp_path, runner_wheel.parent.parent / "build")  # the fixture's tree: a warm build
+    assert "but this environment has openvino 2099.1.0" in one_line(err)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or shutil.which("readelf") is None, reason="ELF RPATH, readelf")
+def test_installed_runner_finds_openvino_through_a_relative_rpath(runner, tiny_ir):
+    dynamic = subprocess.run(["readelf", "-d", str(runner)], check=True, capture_output=True, text=True).stdout
+    assert "[$ORIGIN/../../openvino/libs]" in dynamic  # nothing absolute: the install works in any environment
+    assert (runner.parents[2] / "openvino" / "libs").is_dir()
+    # The wheel's console script, with no library path set, decodes like the build-tree binary did.
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "ov_runner"), str(tiny_ir), "--ids",
+                           ",".join(map(str, IDS)), "--max-new-tokens", "6",
+                           *[a for k, v in F32.items() for a in ("--prop", f"{k}={v}")]],
+                          check=True, capture_output=True, text=True, env=env)
+    assert json.loads(proc.stdout.splitlines()[-1])["tokens"] == native.run_runner(runner, tiny_ir, IDS, 6,
+                                                                                   properties=F32)
+
+
+def test_runner_wheel_stage_rebuilds_the_same_bytes(runner_wheel, tmp_path):
+    out = tmp_path / "artifacts" / "native" / "ov_runner"
+    record = native.runner_wheel(out, tmp_path / "build")  # a cold build in a fresh tree
+    assert record["wheel"] == runner_wheel.name and record["sha256"] == fsutil.sha256_file(runner_wheel)
+    assert native.runner_wheel_file(out) == out / runner_wheel.name
+    assert sorted(p.name for p in out.iterdir()) == sorted([runner_wheel.name, fsutil.MANIFEST])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or shutil.which("readelf") is None, reason="ELF RPATH, readelf")
+def test_plain_cmake_build_still_works(runner, tiny_ir, tmp_path):
+    cmake, _ = native._cmake(native.RUNNER_CMAKE_MIN)
+    ov_cmake = native._package_dir("openvino") / "cmake"
+    subprocess.run([cmake, "-S", str(native.RUNNER_SRC), "-B", str(tmp_path), f"-DOpenVINO_DIR={ov_cmake}"],
+                   check=True, capture_output=True)
+    subprocess.run([cmake, "--build", str(tmp_path)], check=True, capture_output=True)
+    dynamic = subprocess.run(["readelf", "-d", str(tmp_path / "ov_runner")], capture_output=True, text=True).stdout
+    assert str(native._package_dir("openvino") / "libs") in dynamic  # the build tree's binary: absolute RPATH
+    assert (native.run_runner(tmp_path / "ov_runner", tiny_ir, IDS, 6, properties=F32)
+            == native.run_runner(runner, tiny_ir, IDS, 6, properties=F32))
+
+
 # ---- source mode for real: opt-in ------------------------------------------------------------------------------
 # AIPC_NATIVE_GENAI_SRC: an onnxruntime-genai checkout; AIPC_NATIVE_ORT_SRC: an onnxruntime checkout (headers) at
-# the release of the installed onnxruntime wheel; AIPC_NATIVE_DEPS (optional): a dir whose subdirs are FetchContent
-# sources named as genai's cmake/deps.txt names them (offline build). Never set in CI: no sources reach it.
+# the release of the onnxruntime wheel this interpreter imports (another release: `pip install --target DIR` it and
+# put DIR first on PYTHONPATH); AIPC_NATIVE_DEPS (optional): a dir whose subdirs are FetchContent sources named as
+# genai's cmake/deps.txt and onnxruntime-extensions name them (offline build); AIPC_NATIVE_WORK, AIPC_NATIVE_OUT,
+# AIPC_NATIVE_CCACHE_DIR (optional): work dir, artifact dir, compiler cache; AIPC_NATIVE_MODEL (optional): an ORT
+# GenAI model dir to generate with the built wheel. Never set in CI: no sources reach it.
 
 
 @pytest.mark.skipif(not (os.environ.get("AIPC_NATIVE_GENAI_SRC") and os.environ.get("AIPC_NATIVE_ORT_SRC")),
@@ -258,11 +331,12 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
     params = native.NativeParams(
         mode="source", execution_provider="cpu", jobs=os.cpu_count() or 2,
         work_dir=Path(os.environ.get("AIPC_NATIVE_WORK", "build_native/out")),
+        ccache_dir=os.environ.get("AIPC_NATIVE_CCACHE_DIR") or None,
         source={"onnxruntime_from": "headers",
                 "onnxruntime_genai": {"commit": _git(genai, "rev-parse", "HEAD"), "path": genai, "deps": deps},
                 "onnxruntime": {"commit": _git(ort, "rev-parse", "HEAD"), "path": ort}},
     )
-    out = tmp_path / "cpu-source"
+    out = Path(os.environ.get("AIPC_NATIVE_OUT") or tmp_path / "cpu-source")
     record = native.run(params, out)
     (wheel,) = record["wheels"]
     assert (out / "ort" / "include" / "onnxruntime_c_api.h").is_file()
@@ -270,9 +344,51 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site),
                     str(out / "wheels" / wheel)], check=True, capture_output=True)
+    # The built wheel first, then whatever PYTHONPATH already held (e.g. the onnxruntime wheel matching the headers).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
     where = subprocess.run([sys.executable, "-c", "import onnxruntime_genai as og; print(og.__file__)"],
-                           env=dict(os.environ, PYTHONPATH=str(site)), check=True, capture_output=True, text=True)
+                           env=env, check=True, capture_output=True, text=True)
     assert where.stdout.strip().startswith(str(site))
+    model = os.environ.get("AIPC_NATIVE_MODEL")
+    if model:
+        gen = subprocess.run([sys.executable, "-c", GENERATE, model, "What is the capital of France?", "32"],
+                             env=env, capture_output=True, text=True)
+        assert gen.returncode == 0, gen.stderr[-2000:]
+        answer = json.loads(gen.stdout.strip().splitlines()[-1])
+        print(f"\n[native] built wheel {wheel} answers: {answer}")
+        assert answer["onnxruntime_genai"].startswith(str(site)) and answer["new_tokens"] > 0
+        assert "Paris" in answer["text"], answer
+
+
+# Greedy chat generation with whatever onnxruntime_genai the PYTHONPATH gives; prints one JSON line.
+GENERATE = """
+import json, sys, time
+from pathlib import Path
+import onnxruntime as ort, onnxruntime_genai as og
+path, question, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = og.Model(path)
+tokenizer = og.Tokenizer(model)
+messages = json.dumps([{"role": "user", "content": question}])
+template = Path(path, "chat_template.jinja")
+try:  # older genai releases do not read chat_template.jinja themselves
+    prompt = tokenizer.apply_chat_template(messages, template_str=template.read_text() if template.is_file() else None,
+                                           add_generation_prompt=True)
+except Exception:
+    prompt = f"<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"
+ids = tokenizer.encode(prompt)
+params = og.GeneratorParams(model)
+params.set_search_options(do_sample=False, max_length=len(ids) + n)
+generator = og.Generator(model, params)
+start = time.perf_counter()
+generator.append_tokens(ids)
+out = []
+while not generator.is_done() and len(out) < n:
+    generator.generate_next_token()
+    out.append(int(generator.get_next_tokens()[0]))
+seconds = time.perf_counter() - start
+print(json.dumps({"onnxruntime_genai": og.__file__, "onnxruntime": ort.__version__, "prompt_tokens": len(ids),
+                  "new_tokens": len(out), "tokens_per_s": round(len(out) / seconds, 2), "text": tokenizer.decode(out)}))
+"""
 
 
 # ---- source mode: the pieces that need no sources --------------------------------------------------------------
@@ -309,6 +425,7 @@ def test_build_commands(tmp_path, monkeypatch, windows):
     assert "--parallel" not in genai  # bounded by CMAKE_BUILD_PARALLEL_LEVEL instead
     defines = genai[genai.index("--cmake_extra_defines") + 1:]
     assert "ENABLE_TELEMETRY=OFF" in defines and "FETCHCONTENT_FULLY_DISCONNECTED=ON" in defines
+    assert f"PYTHON_EXECUTABLE={sys.executable}" in defines  # pybind11 and the wheel target: this interpreter
     assert f"FETCHCONTENT_SOURCE_DIR_PYBIND11={(tmp_path / 'deps' / 'pybind11').resolve()}" in defines
 
 
