@@ -150,11 +150,14 @@ def measure(artifact: Path, variant, reference_dir: Path, source: Path) -> dict:
     ref, arrays = reference.load(reference_dir)
     backend = backends.get(variant)
     sequences, pooled = [], {"cosine": [], "top1": [], "kl": []}
-    for seq in ref["sequences"]:
+    all_ids = [arrays[f"{seq['name']}.ids"].tolist() for seq in ref["sequences"]]
+    print(f"[quality] {Path(artifact).name}: {len(all_ids)} sequences, {sum(map(len, all_ids))} tokens",
+          file=sys.stderr)
+    many = getattr(backend, "logits_many", None)
+    # Lazily, one sequence at a time, unless the backend batches them.
+    outputs = many(artifact, variant, all_ids) if many else (backend.logits(artifact, variant, ids) for ids in all_ids)
+    for seq, ids, art in zip(ref["sequences"], all_ids, outputs):
         name = seq["name"]
-        ids = arrays[f"{name}.ids"].tolist()
-        print(f"[quality] {Path(artifact).name} {name}: {len(ids)} tokens", file=sys.stderr)
-        art = backend.logits(artifact, variant, ids)
         pos = position_metrics(art, arrays[f"{name}.topk_ids"], arrays[f"{name}.topk_logprobs"], arrays[f"{name}.lse"])
         for k in pooled:
             pooled[k].append(pos[k])

@@ -25,7 +25,8 @@ DIR = "toolchain"
 # What each backend's export imports and whose version can change its bytes (the runtimes used by smoke/quality
 # are not here: upgrading openvino-genai re-measures, it does not re-export).
 LOCKS: dict[str, tuple[str, ...]] = {
-    "openvino": ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "transformers", "torch"),
+    "openvino": ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "sentencepiece", "transformers",
+                 "torch"),
     "onnx_genai": ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
 }
 HEADER = ("# Exporter versions of the {backend} backend; dvc.yaml's exports depend on this file.\n"

@@ -292,9 +292,13 @@ def test_installed_runner_finds_openvino_through_a_relative_rpath(runner, tiny_i
                                                                                    properties=F32)
 
 
-def test_runner_wheel_stage_rebuilds_the_same_bytes(runner_wheel, tmp_path):
+def test_runner_wheel_stage_rebuilds_the_same_bytes(runner_wheel, tmp_path, monkeypatch):
+    # A cold build in a fresh tree, from a copy of the sources elsewhere (another checkout): no path of either may
+    # leak into the wheel. (Another environment's openvino path once did, through the linker's build ID; see
+    # CMakeLists.txt. That needs a second environment to test, and was checked by hand.)
+    monkeypatch.setattr(native, "RUNNER_SRC", shutil.copytree(native.RUNNER_SRC, tmp_path / "elsewhere" / "ov_runner"))
     out = tmp_path / "artifacts" / "native" / "ov_runner"
-    record = native.runner_wheel(out, tmp_path / "build")  # a cold build in a fresh tree
+    record = native.runner_wheel(out, tmp_path / "build")
     assert record["wheel"] == runner_wheel.name and record["sha256"] == fsutil.sha256_file(runner_wheel)
     assert native.runner_wheel_file(out) == out / runner_wheel.name
     assert sorted(p.name for p in out.iterdir()) == sorted([runner_wheel.name, fsutil.MANIFEST])

@@ -211,6 +211,18 @@ def test_library_export_is_portable_and_reloads_to_the_same_logits(dtype, librar
 
 
 @needs_library
+def test_library_logits_many_equals_one_process_per_sequence(library_artifacts):
+    import numpy as np
+
+    variant, art, _ = library_artifacts["int4"]
+    sequences = [IDS[:20], IDS, IDS[5:45]]  # other lengths: each forward compiles anew in the same process
+    batched = npu_library.logits_many(art, variant, sequences)
+    assert [a.shape[0] for a in batched] == [20, len(IDS), 40]
+    for ids, got in zip(sequences, batched):
+        np.testing.assert_array_equal(got, npu_library.logits(art, variant, ids))
+
+
+@needs_library
 def test_library_generate_is_greedy_on_its_own_logits(library_artifacts):
     variant, art, _ = library_artifacts["int8"]
     assert_greedy(npu_library, art, variant, IDS[:16])

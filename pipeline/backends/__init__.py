@@ -9,6 +9,8 @@
         a failure is a record with status "failed" and its reason.
     logits(artifact: Path, variant, input_ids: Sequence[int]) -> np.ndarray
         Teacher-forced logits, shape [len(input_ids), vocab], float32, from the artifact's own runtime.
+    logits_many(artifact: Path, variant, sequences) -> list[np.ndarray]   (optional)
+        logits() of several sequences at once, where the runtime has a fixed cost per call worth sharing.
     generate(artifact: Path, variant, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]
         Greedy new ids for each tokenized prompt (no chat template applied: the ids are the prompt), from the same
         runtime and settings as logits(); stops at the artifact's eos ids.

@@ -45,8 +45,9 @@ def python() -> Path:
     return exe
 
 
-def _worker(*args: str, request: dict) -> tuple[dict, np.ndarray | None]:
-    """Run one worker command in the library's environment; return its result and the logits it computed."""
+def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
+    """Run one worker command in the library's environment; return its result and the logits it computed, one
+    array per sequence of request["logits"]."""
     with tempfile.TemporaryDirectory(prefix="aipc-npu-") as tmp:
         tmp = Path(tmp)
         (tmp / "request.json").write_text(json.dumps(request))
@@ -58,7 +59,7 @@ def _worker(*args: str, request: dict) -> tuple[dict, np.ndarray | None]:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln]
             raise PipelineError(f"intel-npu-acceleration-library worker `{args[0]}` failed (exit "
                                 f"{proc.returncode}): {lines[-1].strip() if lines else 'no output'}")
-        logits = np.load(tmp / "logits.npy") if (tmp / "logits.npy").is_file() else None
+        logits = [np.load(tmp / f"logits-{i}.npy") for i in range(len(request.get("logits", [])))]
         return json.loads((tmp / "result.json").read_text()), logits
 
 
@@ -67,9 +68,9 @@ def export(source: Path, variant: NpuLibraryVariant, out: Path, *, ir_fp16: Path
     the same logits."""
     source, out = Path(source).resolve(), Path(out).resolve()  # the worker runs in a temp cwd
     start = time.perf_counter()
-    exported, before = _worker("export", str(source), str(out), variant.dtype, request={"logits": PROBE})
+    exported, (before,) = _worker("export", str(source), str(out), variant.dtype, request={"logits": [PROBE]})
     export_s = time.perf_counter() - start
-    reloaded, after = _worker("run", str(out), request={"logits": PROBE})
+    reloaded, (after,) = _worker("run", str(out), request={"logits": [PROBE]})
     diff = float(np.abs(before - after).max())
     if diff != 0.0:
         raise PipelineError(f"{out.name}: reloading the safetensors gives other logits than the exported model "
@@ -156,5 +157,12 @@ def generate(artifact: Path, variant: NpuLibraryVariant, prompts: Sequence[Seque
 
 def logits(artifact: Path, variant: NpuLibraryVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from the reloaded model (one worker process)."""
-    _, out = _worker("run", str(Path(artifact).resolve()), request={"logits": [int(i) for i in input_ids]})
-    return out.astype(np.float32)
+    return logits_many(artifact, variant, [input_ids])[0]
+
+
+def logits_many(artifact: Path, variant: NpuLibraryVariant, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """logits() of each sequence from one worker process: loading and compiling the model costs ~7 s a process,
+    which the quality stage paid once per sequence."""
+    _, out = _worker("run", str(Path(artifact).resolve()),
+                     request={"logits": [[int(i) for i in ids] for ids in sequences]})
+    return [a.astype(np.float32) for a in out]

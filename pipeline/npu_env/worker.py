@@ -4,8 +4,10 @@ aborts on a second compile in a process that already generated (DESIGN.md). Impo
     worker.py export SOURCE OUT int4|int8 REQUEST.json RESULT.json
     worker.py run ARTIFACT REQUEST.json RESULT.json
 
-REQUEST.json: {"logits": [ids...]} and/or {"generate": [{"ids": [...], "max_new_tokens": n}, ...]}.
-RESULT.json gets the answers; logits go to RESULT.json's sibling `logits.npy` (float32 [len(ids), vocab]).
+REQUEST.json: {"logits": [[ids...], ...]} and/or {"generate": [{"ids": [...], "max_new_tokens": n}, ...]}.
+RESULT.json gets the answers; the logits of sequence i go to RESULT.json's sibling `logits-<i>.npy` (float32
+[len(ids), vocab]). Several forward passes in one process are fine (bit-identical to one per process); it is
+compiling after generate() that aborts.
 
 The artifact is portable: `npu_model.safetensors` (every QuantizedLinear's packed weight and scale, plus the float
 tensors of state_dict()), `npu_model.json` (format, library version, dtype, which modules are quantized), and the
@@ -139,11 +141,14 @@ def answer(model, request: dict, result_path: Path) -> dict:
 
     result: dict = {}
     with torch.no_grad():
-        if "logits" in request:
-            ids = torch.tensor([request["logits"]], dtype=torch.long)
+        shapes = []
+        for i, sequence in enumerate(request.get("logits", [])):
+            ids = torch.tensor([sequence], dtype=torch.long)
             logits = model(ids, use_cache=False).logits[0].float().numpy()
-            np.save(result_path.with_name("logits.npy"), logits.astype(np.float32))
-            result["logits_shape"] = list(logits.shape)
+            np.save(result_path.with_name(f"logits-{i}.npy"), logits.astype(np.float32))
+            shapes.append(list(logits.shape))
+        if shapes:
+            result["logits_shapes"] = shapes
         runs = []
         for item in request.get("generate", []):
             ids = torch.tensor([item["ids"]], dtype=torch.long)
