@@ -382,7 +382,7 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
         "license": license,
         "source_files_sha256": source_files,
         "artifact_files_sha256": {n: h for n, h in fsutil.hash_tree(artifact_dir).items()},
-        "export": {k: v for k, v in (export.get("export") or {}).items() if k not in ("seconds", "files")},
+        "export": _untimed({k: v for k, v in (export.get("export") or {}).items() if k != "files"}),
         # The versions recorded when the artifact was exported (python, platform and every tool), not those of
         # whoever packages it.
         "versions": export.get("versions") or {},
@@ -445,3 +445,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _untimed(record):
+    """`record` without its timings (`seconds`, `*_s`), at any depth: provenance must come out the same for the
+    same bytes (npu-lib's compile_s and reload.load_s made two bit-identical builds' provenance.json differ)."""
+    if isinstance(record, dict):
+        return {k: _untimed(v) for k, v in record.items() if k != "seconds" and not k.endswith("_s")}
+    return record

@@ -13,7 +13,8 @@ OV_INT4 = {"backend": "openvino", "weight_format": "int4", "sym": True, "group_s
 VERSIONS = {"python": "3.11.7", "platform": "Linux-x86_64", "openvino": "2026.4.1", "nncf": "3.4.0"}
 
 
-def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02" * 512) -> dict[str, Path]:
+def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02" * 512, seconds: float = 1.0
+           ) -> dict[str, Path]:
     """artifacts/m/{source,ov-int4} and metrics/m/ov-int4/{export,smoke,quality}.json under `root`."""
     src, art, met = root / "artifacts/m/source", root / "artifacts/m/ov-int4", root / "metrics/m/ov-int4"
     for d in (src, art, met):
@@ -31,7 +32,9 @@ def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02"
     (art / "sub" / "tokenizer.json").write_text('{"model": {}}\n')
     fsutil.write_manifest(art)
     fsutil.write_json(met / "export.json", {"export": {"method": "NNCF compress_weights on the FP16 IR",
-                                                       "seconds": 1.0, "versions": {"nncf": "3.4.0"}},
+                                                       "seconds": seconds, "compile_s": seconds,
+                                                       "reload": {"load_s": seconds, "max_abs_logit_diff": 0.0},
+                                                       "versions": {"nncf": "3.4.0"}},
                                             "versions": VERSIONS})
     fsutil.write_json(met / "smoke.json", {"status": "passed", "runs": [{"device": "CPU", "requested": "CPU",
         "fallback": None, "prompts": [{"prompt": "What is the capital of France?", "text": "Paris.",
