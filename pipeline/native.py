@@ -46,8 +46,9 @@ PACKAGES = {
 GENAI_CMAKE_MIN = (3, 28)  # measured (DESIGN.md); the runner needs far less
 RUNNER_CMAKE_MIN = (3, 16)
 RUNNER_SRC = Path(__file__).resolve().parents[1] / "build_native" / "ov_runner"
-# Runner parity runs in f32: the CPU plugin otherwise picks bf16 (on CPUs with AVX512-BF16/AMX), an f16/u8 KV cache
-# and dynamic int8 activations, each of which can flip a near-tie between two paths that are not bit-identical.
+# OpenVINO on CPU in f32, for runner parity and the quality stage (backends/openvino.py): the CPU plugin otherwise
+# picks bf16 (on CPUs with AVX512-BF16/AMX), an f16/u8 KV cache and dynamic int8 activations, each of which moves
+# the numbers away from what the stored weights do and can flip a near-tie between two paths.
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
 IS_WINDOWS = platform.system() == "Windows"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -355,7 +355,10 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
     assert where.stdout.strip().startswith(str(site))
     model = os.environ.get("AIPC_NATIVE_MODEL")
     if model:
-        gen = subprocess.run([sys.executable, "-c", GENERATE, model, "What is the capital of France?", "32"],
+        from pipeline.backends.common import chat_text
+
+        prompt = chat_text(Path(model), "What is the capital of France?")  # as every smoke run renders it
+        gen = subprocess.run([sys.executable, "-c", GENERATE, model, prompt, "32"],
                              env=env, capture_output=True, text=True)
         assert gen.returncode == 0, gen.stderr[-2000:]
         answer = json.loads(gen.stdout.strip().splitlines()[-1])
@@ -364,21 +367,13 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
         assert "Paris" in answer["text"], answer
 
 
-# Greedy chat generation with whatever onnxruntime_genai the PYTHONPATH gives; prints one JSON line.
+# Greedy generation from a templated prompt with whatever onnxruntime_genai the PYTHONPATH gives; one JSON line.
 GENERATE = """
 import json, sys, time
-from pathlib import Path
 import onnxruntime as ort, onnxruntime_genai as og
-path, question, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = og.Model(path)
 tokenizer = og.Tokenizer(model)
-messages = json.dumps([{"role": "user", "content": question}])
-template = Path(path, "chat_template.jinja")
-try:  # older genai releases do not read chat_template.jinja themselves
-    prompt = tokenizer.apply_chat_template(messages, template_str=template.read_text() if template.is_file() else None,
-                                           add_generation_prompt=True)
-except Exception:
-    prompt = f"<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n"
 ids = tokenizer.encode(prompt)
 params = og.GeneratorParams(model)
 params.set_search_options(do_sample=False, max_length=len(ids) + n)

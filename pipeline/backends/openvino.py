@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.backends.common import chat_text, concluded, one_line, tokenizer_parity, versions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
+from pipeline.native import F32
 from pipeline.params import OpenVINOVariant, SmokeParams
 
 TASK = "text-generation-with-past"
@@ -581,20 +582,14 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
     return run
 
 
-
-# The quality stage runs the IR in f32, so its numbers show what the stored weights do and not the CPU plugin's
-# defaults: bf16 inference on CPUs with AVX512-BF16/AMX (this machine has it), an f16/u8 KV cache, and dynamic int8
-# quantization of the activations that feed compressed MatMuls.
-QUALITY_F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
-
-
 @functools.lru_cache(maxsize=1)
 def _compiled_f32(xml: str, mtime_ns: int):
     """The IR compiled once per process for the quality stage's several logits() calls (keyed on mtime too, so an
     IR rewritten in place is recompiled)."""
     import openvino as ov
 
-    return ov.Core().compile_model(xml, "CPU", QUALITY_F32)
+    # f32, so the numbers show what the stored weights do and not the CPU plugin's defaults (native.F32).
+    return ov.Core().compile_model(xml, "CPU", F32)
 
 
 def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -> np.ndarray:
@@ -619,7 +614,7 @@ def generate(artifact: Path, variant: OpenVINOVariant, prompts: Sequence[Sequenc
     import openvino as ov
     import openvino_genai
 
-    pipe = openvino_genai.LLMPipeline(str(artifact), "CPU", **QUALITY_F32)
+    pipe = openvino_genai.LLMPipeline(str(artifact), "CPU", **F32)
     config = pipe.get_generation_config()  # the artifact's own, so its stop ids stay in force
     config.max_new_tokens = max_new_tokens
     config.do_sample = False
