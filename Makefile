@@ -21,9 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "optimum-intel==2.2.0"
 	touch $@
 
-# Builds the library offline from its sdist against the openvino 2024.4 wheel (pipeline/npu_env/create.py says how).
-$(NPU_VENV)/.aipc-npu-ready: pipeline/npu_env/create.py
-	$(PYTHON) pipeline/npu_env/create.py $(NPU_VENV)
+# Builds the library offline from its sdist against the openvino 2024.4 wheel (pipeline/backends/npu_library/env/create.py says how).
+$(NPU_VENV)/.aipc-npu-ready: pipeline/backends/npu_library/env/create.py
+	$(PYTHON) pipeline/backends/npu_library/env/create.py $(NPU_VENV)
 
 # dvc runs each stage's `aipc ...` through the shell, so the venv goes first on PATH.
 # The toolchain check first: an exporter upgrade must go through `aipc toolchain --write`, which reruns its exports.

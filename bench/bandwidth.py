@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.report import decode_speed, weight_bytes  # noqa: E402
+from pipeline.stages.report import decode_speed, weight_bytes  # noqa: E402
 
 VARIANTS = ("ov-int4", "ort-cpu-int4")
 

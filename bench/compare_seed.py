@@ -8,7 +8,7 @@ Seed (each a fresh process, into a temp dir):
      --group-size-fallback adjust
   c) python -m onnxruntime_genai.models.builder -p int4 -e cpu
 Ours, in PROJECT (it rewrites that project's artifacts, metrics and dvc.lock: give it a scratch copy):
-  dvc repro --force --single-item ir@<model> export@<model>-ov-fp16 export@<model>-ov-int4 export@<model>-ort-cpu-int4
+  dvc repro --force --single-item ir@<model> openvino-export@<model>-ov-fp16 openvino-export@<model>-ov-int4 onnx_genai-export@<model>-ort-cpu-int4
 (--single-item: --force alone would also re-run fetch.) A `dvc status` first, untimed, so DVC's hash cache of the
 source checkpoint is warm and the timing is the stages', not a one-off rehash of a freshly copied tree.
 Prints each command's wall time, both totals, their ratio, and the 1-minute load average at start and end.
@@ -40,7 +40,7 @@ def seed_commands(src: Path, out: Path) -> list[tuple[str, list[str]]]:
 
 
 def ours_command(model: str) -> list[str]:
-    stages = [f"ir@{model}", *(f"export@{model}-{v}" for v in ("ov-fp16", "ov-int4", "ort-cpu-int4"))]
+    stages = [f"ir@{model}", f"openvino-export@{model}-ov-fp16", f"openvino-export@{model}-ov-int4", f"onnx_genai-export@{model}-ort-cpu-int4"]
     return [str(BIN / "dvc"), "repro", "--force", "--single-item", *stages]
 
 

@@ -4,7 +4,7 @@
 
 Each build is a fresh copy of this project (code, dvc.yaml, params.yaml; no dvc.lock, no DVC cache) in its own
 temp directory, so an absolute path that leaks into an artifact shows up as a difference. Each runs
-`dvc repro export@<model>-<variant>` for every default variant (fetch -> ir -> export), then `package.run` with
+`dvc repro <backend>-export@<model>-<variant>` for every default variant (fetch -> ir -> export), then `package.run` with
 this checkout's metrics/ (so the model cards are built from the same measurements). It prints, per released file,
 whether the two builds are bit-identical, and for each file that differs where it differs (first differing line
 or byte, JSON keys, ONNX metadata). It also says whether build 1 matches this checkout's artifacts/ (an earlier
@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import fsutil, package, params as params_mod  # noqa: E402
+from pipeline import fsutil, params as params_mod  # noqa: E402
+from pipeline.gate import limits_for  # noqa: E402
 from pipeline.layout import SOURCE, Layout  # noqa: E402
-from pipeline.quality import family  # noqa: E402
+from pipeline.stages import package  # noqa: E402
 from tests import project  # noqa: E402
 
 
@@ -34,13 +35,13 @@ def build(dest: Path, model: str, variants: list[str]) -> dict[str, dict[str, st
     """Fresh project in `dest`, exports rebuilt by dvc, releases packaged; {variant: {file: sha256}}."""
     project.make(dest)
     t0 = time.monotonic()
-    project.dvc(dest, "repro", *(f"export@{model}-{v}" for v in variants))
-    print(f"  {dest.name}: exports rebuilt in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     params = params_mod.load(dest / "params.yaml")
+    project.dvc(dest, "repro", *(f"{params.variants[v].backend}-export@{model}-{v}" for v in variants))
+    print(f"  {dest.name}: exports rebuilt in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     layout = Layout(dest)
     out = {}
     for v in variants:
-        limits = params.quality.thresholds.get(family(params.variants[v]))
+        limits = limits_for(params.quality, v, params.variants[v])
         metrics = ROOT / "metrics" / model / v  # the same measurements for both builds
         rel = dest / "releases" / model / v
         # export.json must be this build's (it names the versions used); smoke/quality come from the checkout.

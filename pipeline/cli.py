@@ -1,153 +1,155 @@
-"""`aipc`: one subcommand per DVC stage. dvc.yaml calls these and nothing else."""
+"""`aipc`: one subcommand per DVC stage (dvc.yaml calls these and nothing else), plus check, toolchain, publish.
+
+COMMANDS is the whole CLI: subcommand -> the stage function it calls, with that function's arguments. Every
+function is called as fn(params, layout, **arguments), after params.yaml is validated; stage modules are imported
+only when their command runs (`aipc --help` imports none of them).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.errors import PipelineError
 
+MODEL = (("model",), {})
+VARIANT = (("variant_name",), {"metavar": "variant"})
+TARGET = (("target",), {})
+
+
+class Command(NamedTuple):
+    function: str  # "module:function"
+    help: str
+    arguments: tuple = ()
+
+
+COMMANDS = {
+    "check": Command("pipeline.cli:check", "validate params.yaml; every stage depends on it, so an invalid file "
+                     "stops dvc repro before any output is touched", ((("--out",), {"type": Path}),)),
+    "fetch": Command("pipeline.stages.fetch:stage", "materialise a model's checkpoint into artifacts/<model>/source",
+                     (MODEL,)),
+    "ir": Command("pipeline.stages.ir:stage", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)",
+                  (MODEL,)),
+    "export": Command("pipeline.stages.export:stage", "build one variant into artifacts/<model>/<variant>",
+                      (MODEL, VARIANT)),
+    "smoke": Command("pipeline.stages.smoke:stage", "run one artifact with its runtime; "
+                     "metrics/<model>/<variant>/smoke.json", (MODEL, VARIANT)),
+    "reference": Command("pipeline.stages.reference:stage", "FP32 torch results for the eval set into "
+                         "artifacts/<model>/reference", (MODEL,)),
+    "quality": Command("pipeline.stages.quality:stage", "score one artifact against the FP32 reference; "
+                       "metrics/<model>/<variant>/quality.json", (MODEL, VARIANT)),
+    "report": Command("pipeline.stages.report:stage", "every artifact's quality in one table; fails on a threshold "
+                      "miss unless quality.enforce is false"),
+    "package": Command("pipeline.stages.package:stage", "release dir (artifact, model card, manifest, provenance) in "
+                       "releases/<model>/<variant>", (MODEL, VARIANT)),
+    "native": Command("pipeline.stages.native:build", "runtime wheels or a source build of one target into "
+                      "artifacts/native/<target>", (TARGET,)),
+    "runner-wheel": Command("pipeline.stages.runner_wheel:stage", "our C++ OpenVINO runner as a wheel "
+                            "(scikit-build-core) into artifacts/native/ov_runner"),
+    "runner": Command("pipeline.stages.runner:stage", "our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 "
+                      "IR", (MODEL,)),
+    "toolchain": Command("pipeline.stages.toolchain:stage", "print, --write or --check the exporter version locks "
+                         "in toolchain/", (
+                             (("--write",), {"action": "store_true", "help": "record the installed versions "
+                                             "(exports they affect rerun)"}),
+                             (("--check",), {"action": "store_true", "help": "fail naming a package whose "
+                                             "installed version drifted"}))),
+    "publish": Command("pipeline.stages.publish:stage", "release dirs to a hub (one commit + a version tag per "
+                       "variant) and/or DVC outs to a DVC remote; not a DVC stage", (
+                           MODEL,
+                           (("variants",), {"nargs": "*", "help": "default: every variant in params.yaml"}),
+                           (("--repo-prefix",), {"help": "ORG/NAME: each variant goes to ORG/NAME-<variant>"}),
+                           (("--version",), {"help": "tag, vMAJOR.MINOR.PATCH"}),
+                           (("--endpoint",), {"help": "hub URL (default: HF_ENDPOINT or huggingface.co)"}),
+                           (("--dry-run",), {"action": "store_true", "help": "print the plan; write nothing"}),
+                           (("--dvc-remote",), {"metavar": "NAME", "help": "also `dvc push -r NAME`"}))),
+}
+GLOBAL = ("params", "root", "debug", "command")
+
+
+def check(params, layout, out: Path | None = None) -> None:
+    """`aipc check [--out FILE]`: params.yaml is valid (load() raised otherwise); the stage writes FILE, whose bytes
+    never change, so editing params.yaml reruns only the stages whose own params changed."""
+    print(f"params.yaml: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
+    if out is not None:
+        from pipeline import fsutil
+
+        fsutil.write_json(out, {"params": "valid"})
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aipc", description=__doc__)
+    p = argparse.ArgumentParser(prog="aipc", description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
     p.add_argument("--root", type=Path, default=Path("."), help="project root holding artifacts/ and metrics/")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", help="validate params.yaml and exit")
-    for name, help_ in [
-        ("fetch", "materialise a model's checkpoint into artifacts/<model>/source"),
-        ("ir", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)"),
-        ("reference", "FP32 torch results for the eval set into artifacts/<model>/reference"),
-    ]:
-        sub.add_parser(name, help=help_).add_argument("model")
-    sub.add_parser("report", help="every artifact's quality in one table; fails on a threshold miss unless "
-                   "quality.enforce is false")
-    sub.add_parser("native", help="runtime wheels or a source build of one target into artifacts/native/<target>")\
-        .add_argument("target")
-    sub.add_parser("runner-wheel", help="our C++ OpenVINO runner as a wheel (scikit-build-core) into "
-                   "artifacts/native/ov_runner")
-    sub.add_parser("runner", help="our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 IR").add_argument("model")
-    from pipeline import publish, toolchain
-
-    toolchain.add_parser(sub)
-    publish.add_parser(sub)
-    for name, help_ in [
-        ("export", "build one variant into artifacts/<model>/<variant>"),
-        ("smoke", "run one artifact with its runtime; metrics/<model>/<variant>/smoke.json"),
-        ("quality", "score one artifact against the FP32 reference; metrics/<model>/<variant>/quality.json"),
-        ("package", "release dir (artifact, model card, manifest, provenance) in releases/<model>/<variant>"),
-    ]:
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("model")
-        s.add_argument("variant")
+    for name, command in COMMANDS.items():
+        s = sub.add_parser(name, help=command.help)
+        for flags, options in command.arguments:
+            s.add_argument(*flags, **options)
     return p
 
 
 def _run(args: argparse.Namespace) -> None:
     from pipeline import params as params_mod
-    from pipeline.layout import SOURCE, Layout
+    from pipeline.layout import Layout
 
     params = params_mod.load(args.params)
-    if args.command == "check":
-        print(f"{args.params}: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
-        return
-    if args.command == "report":
-        from pipeline import report
+    arguments = {k: v for k, v in vars(args).items() if k not in GLOBAL}
+    params_mod.require(params, arguments.get("model"),
+                       [arguments["variant_name"]] if "variant_name" in arguments else arguments.get("variants", ()))
+    module, function = COMMANDS[args.command].function.split(":")
+    getattr(importlib.import_module(module), function)(params, Layout(args.root), **arguments)
 
-        report.stage(params, args.root)
-        return
-    if args.command == "native":
-        from pipeline import fsutil, native
-        from pipeline.record import measured
 
-        if args.target not in params.native:
-            raise PipelineError(f"unknown native target {args.target!r} (params.yaml native: {', '.join(params.native)})")
-        with measured(f"build_native@{args.target}") as rec:
-            rec["build"] = native.run(params.native[args.target], args.root / "artifacts" / "native" / args.target)
-        fsutil.write_json(args.root / "metrics" / "native" / f"{args.target}.json", rec)
-        return
-    if args.command == "runner-wheel":
-        from pipeline import fsutil, native
-        from pipeline.record import measured
-
-        with measured("runner_wheel") as rec:
-            rec["build"] = native.runner_wheel(args.root / "artifacts" / "native" / "ov_runner",
-                                               args.root / "build_native" / "out" / "ov_runner")
-        fsutil.write_json(args.root / "metrics" / "native" / "ov_runner.json", rec)
-        return
-    if args.command in ("toolchain", "publish"):
-        from pipeline import publish, toolchain
-
-        {"toolchain": toolchain, "publish": publish}[args.command].command(args, params, args.root)
-        return
-    if args.model not in params.models:
-        raise PipelineError(f"unknown model {args.model!r} (params.yaml models: {', '.join(params.models)})")
-    variant = getattr(args, "variant", None)
-    if variant is not None and variant not in params.variants:
-        raise PipelineError(f"unknown variant {variant!r} (params.yaml variants: {', '.join(params.variants)})")
-    layout = Layout(args.root)
-
-    if args.command == "fetch":
-        from pipeline import fetch, fsutil
-        from pipeline.record import measured
-
-        with measured(f"fetch@{args.model}") as rec:
-            rec["fetch"] = fetch.run(args.model, params.models[args.model], layout.artifact(args.model, SOURCE))
-        fsutil.write_json(layout.metrics(args.model, SOURCE, "fetch"), rec)
-    elif args.command == "ir":
-        from pipeline import export
-
-        export.run_ir(params, args.model, layout)
-    elif args.command == "export":
-        from pipeline import export
-
-        export.run(params, args.model, variant, layout)
-    elif args.command == "runner":
-        from pipeline import fsutil, native
-
-        from pipeline.layout import IR_FP16
-
-        ir = layout.artifact(args.model, IR_FP16)
-        fsutil.verify_manifest(ir)
-        wheel = native.runner_wheel_file(args.root / "artifacts" / "native" / "ov_runner")
-        rec = native.runner_smoke(ir, [p.text for p in params.smoke.prompts], params.smoke.max_new_tokens, wheel)
-        fsutil.write_json(layout.metrics(args.model, IR_FP16, "runner"), rec)
-        if rec["status"] != "passed":
-            raise PipelineError(f"native runner on {args.model}/{IR_FP16}: {rec['reason']}")
-    elif args.command == "reference":
-        from pipeline import reference
-
-        reference.stage(params, args.model, layout)
-    elif args.command == "quality":
-        from pipeline import quality
-
-        quality.stage(params, args.model, variant, layout)
-    elif args.command == "package":
-        from pipeline import package
-
-        package.stage(params, args.model, variant, layout)
-    elif args.command == "smoke":
-        from pipeline import smoke
-
-        smoke.run(params, args.model, variant, layout)
+def one_line(e: BaseException, command: str) -> str | None:
+    """What a user can act on, in one line, for a failure they can cause; None for a bug (the traceback is shown)."""
+    if isinstance(e, PipelineError):
+        return str(e)
+    cause = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.errno is not None:
+        where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p)
+        kind = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system"}.get(e.errno)
+        return f"{command}: {kind or e.strerror}{f': {where}' if where else ''}"
+    module = type(e).__module__.split(".")[0]
+    name = type(e).__name__
+    if module == "huggingface_hub":
+        if name == "OfflineModeIsEnabled":
+            return f"{command}: needs the Hugging Face hub but HF_HUB_OFFLINE is set ({cause})"
+        response = getattr(e, "response", None)
+        status = getattr(response, "status_code", None)
+        if status in (401, 403):
+            return f"{command}: the hub refused the token (HTTP {status}): check HF_TOKEN or `hf auth login`"
+        return f"{command}: hub error{f' (HTTP {status})' if status else ''}: {cause[:300]}"
+    if module in ("httpx", "httpcore", "requests", "urllib3") or isinstance(e, ConnectionError):
+        request = getattr(e, "request", None)
+        url = getattr(request, "url", None)
+        return f"{command}: network error{f' reaching {url}' if url else ''}: {cause[:300] or name}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("AIPC_DEBUG")
     try:
         _run(args)
-    except PipelineError as e:
-        if args.debug or os.environ.get("AIPC_DEBUG"):
-            traceback.print_exc()
-        print(f"aipc: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("aipc: interrupted; partial outputs were removed", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = one_line(e, f"aipc {args.command}")
+        if message is None or debug:
+            traceback.print_exc()
+        if message is not None:
+            print(f"aipc: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 MANIFEST = "manifest.sha256.json"
+DISK_FULL = 64 << 20  # bytes free under which a failed write is reported as a full disk
 
 
 @contextlib.contextmanager
@@ -30,8 +31,14 @@ def staged_dir(out: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
+        # Writers report a full disk in their own words (OpenVINO: "basic_ios::clear: iostream error"); the free
+        # space is the tell, and it has to be read before the partial output is removed.
+        free = shutil.disk_usage(tmp).free
         shutil.rmtree(tmp, ignore_errors=True)
+        if free < DISK_FULL and isinstance(e, Exception) and not isinstance(e, PipelineError):
+            raise PipelineError(f"{out}: disk full while writing it ({free // 1024} KiB left); nothing was "
+                                "kept") from e
         raise
     if out.exists():
         shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
@@ -55,14 +62,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def hash_tree(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under `root` (relative posix paths), the manifest itself excluded."""
+def hash_tree(root: Path, skip: str = MANIFEST) -> dict[str, str]:
+    """sha256 of every regular file under `root` (relative posix paths), the manifest `skip` excluded."""
     root = Path(root)
     return {
-        p.relative_to(root).as_posix(): sha256_file(p)
+        rel: sha256_file(p)
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and (rel := p.relative_to(root).as_posix()) != skip
     }
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The id git (and the Hugging Face hub's tree listing) gives a file's content."""
+    h = hashlib.sha1(b"blob %d\0" % Path(path).stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_manifest(root: Path) -> dict[str, str]:
@@ -73,20 +89,25 @@ def write_manifest(root: Path) -> dict[str, str]:
 
 def verify_manifest(root: Path) -> None:
     """Fail naming the first file whose bytes differ from the manifest written when `root` was made."""
-    root = Path(root)
-    path = root / MANIFEST
+    path = Path(root) / MANIFEST
     if not path.is_file():
         raise PipelineError(f"{root}: no {MANIFEST}; re-run its stage (dvc repro) to rebuild it")
-    expected = json.loads(path.read_text())
-    actual = hash_tree(root)
+    check_tree(root, json.loads(path.read_text()), MANIFEST)
+
+
+def check_tree(root: Path, expected: dict[str, str], listed_in: str) -> None:
+    """Fail in one line naming the first file under `root` that is missing, changed or extra against `expected`
+    (relative path -> sha256, as the manifest `listed_in` records it)."""
+    root = Path(root)
+    actual = hash_tree(root, skip=listed_in)
     for name, digest in expected.items():
         if name not in actual:
-            raise PipelineError(f"{root / name}: listed in {MANIFEST} but missing")
+            raise PipelineError(f"{root / name}: listed in {listed_in} but missing")
         if actual[name] != digest:
             raise PipelineError(
-                f"{root / name}: sha256 mismatch (manifest {digest[:12]}…, file {actual[name][:12]}…); "
+                f"{root / name}: sha256 mismatch ({listed_in} {digest[:12]}…, file {actual[name][:12]}…); "
                 "the file was changed or corrupted after it was written"
             )
     extra = sorted(set(actual) - set(expected))
     if extra:
-        raise PipelineError(f"{root / extra[0]}: not in {MANIFEST}; the directory was changed after it was written")
+        raise PipelineError(f"{root / extra[0]}: not in {listed_in}; the directory was changed after it was written")

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = "source"  # the fetched checkpoint
+SOURCE_JSON = "source.json"  # its provenance, inside it
 IR_FP16 = "ir-fp16"  # optimum-intel's FP16 IR, from which the OpenVINO variants are derived
+REFERENCE = "reference"  # the FP32 reference's results on the eval set
+NATIVE = "native"  # artifacts/native/<target>: runtime builds and the C++ runner's wheel
+# Names a variant or model cannot take: their folders are already another stage's output.
+RESERVED_VARIANTS = {SOURCE: "the fetched checkpoint", IR_FP16: "the FP16 OpenVINO IR",
+                     REFERENCE: "the FP32 reference's results"}
+RESERVED_MODELS = {NATIVE: "the native runtime builds"}
 
 
 @dataclass(frozen=True)

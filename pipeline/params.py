@@ -1,25 +1,30 @@
-"""The typed schema of params.yaml. Every stage loads the whole file through `load()`, so a bad key fails
-before any work starts, in one line that names the key."""
+"""The typed schema of params.yaml, validated once. `aipc check` (stage `check`, which every other stage depends on)
+loads the whole file through `load()`, so a bad key fails before DVC touches any output, in one line that names the
+key and the closest valid one.
+
+A variant's options are its backend's model (pipeline/backends/<name>/params.py); params.yaml groups variants by
+backend (`variants: openvino: ov-int4: {...}`) and `Params.variants` is the flat view, name -> variant.
+"""
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from build_native.params import NativeParams
+from pipeline.backends import BACKENDS, get
 from pipeline.errors import PipelineError
-from pipeline.native import GitSource, NativeParams, SourceParams, WheelParams
-from pipeline.quality import QualityParams, Thresholds
+from pipeline.layout import RESERVED_MODELS, RESERVED_VARIANTS
+from pipeline.schema import Strict
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.]*[a-z0-9]$|^[a-z0-9]$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelParams(Strict):
@@ -50,49 +55,7 @@ class ModelParams(Strict):
         return self
 
 
-class OpenVINOVariant(Strict):
-    """An OpenVINO IR made with optimum-intel; weight compression by NNCF."""
-
-    backend: Literal["openvino"]
-    weight_format: Literal["fp16", "int8", "int4"]
-    sym: bool = True
-    group_size: int = 128  # -1: one scale per output channel
-    ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
-    # What NNCF does where a layer's input channels don't divide group_size: error, ignore (leave int8), adjust
-    # (largest power of two that divides, >= 32). The groups actually used are recorded in the export metrics.
-    group_size_fallback: Literal["error", "ignore", "adjust"] = "adjust"
-    # true: compress the model's FP16 IR with NNCF (seconds); false: re-trace the checkpoint with optimum (minutes).
-    from_fp16_ir: bool = True
-    # Run the smoke test through the NPU static-shape pipeline as well (on CPU when no NPU is present).
-    npu: bool = False
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, v: int) -> int:
-        if v != -1 and (v < 16 or v & (v - 1)):
-            raise ValueError("group_size must be -1 or a power of two >= 16")
-        return v
-
-
-class OnnxGenaiVariant(Strict):
-    """An ONNX Runtime GenAI model made with its model builder."""
-
-    backend: Literal["onnx_genai"]
-    precision: Literal["int4", "int8", "fp16", "fp32"]
-    execution_provider: Literal["cpu", "dml", "cuda", "webgpu"]
-    block_size: Literal[16, 32, 64, 128, 256] = 32  # int4 quantization block (the builder ignores `int4_block_size`)
-    is_symmetric: bool = True
-    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
-
-
-class NpuLibraryVariant(Strict):
-    """A model quantized by intel-npu-acceleration-library (legacy upstream), stored as portable safetensors."""
-
-    backend: Literal["npu_library"]
-    dtype: Literal["int4", "int8"]
-
-
-Variant = Annotated[OpenVINOVariant | OnnxGenaiVariant | NpuLibraryVariant, Field(discriminator="backend")]
+Variant = Annotated[Union[tuple(get(name).Variant for name in BACKENDS)], Field(discriminator="backend")]
 
 
 class Prompt(Strict):
@@ -108,12 +71,56 @@ class SmokeParams(Strict):
     npu_min_response_len: Annotated[int, Field(ge=1)] = 64
 
 
+class Thresholds(Strict):
+    """Limits for one variant family; a limit left out is not gated."""
+
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    min_top1: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_kl: Annotated[float, Field(ge=0)] | None = None
+    max_ppl_ratio: Annotated[float, Field(gt=0)] | None = None
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] | None = None
+
+
+class QualityParams(Strict):
+    evalset: str = "pipeline/evalset/default.yaml"
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
+    top_k: Annotated[int, Field(ge=1, le=1024)] = 64
+    # The teacher-forced long sequence (the eval text repeated); 0 leaves it out. Past 2k tokens by default: where
+    # Phi-3's sliding window (2047) and long-context bugs show.
+    long_sequence_tokens: Annotated[int, Field(ge=0)] = 2304
+    # false: measure and report every miss, but let `dvc repro` pass (to explore without the gate).
+    enforce: bool = True
+    # keyed by precision family (fp16, int8, int4, fp32) or by a variant's name, which wins over its family; a
+    # variant with neither is measured and reported as ungated.
+    thresholds: dict[str, Thresholds] = Field(default_factory=dict)
+
+
 class Params(Strict):
     models: dict[str, ModelParams] = Field(min_length=1)
     variants: dict[str, Variant] = Field(min_length=1)
     smoke: SmokeParams
     quality: QualityParams
     native: dict[str, NativeParams]  # build_native@<target>; {} for none (dvc.yaml needs the key)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _flatten(cls, groups: Any) -> Any:
+        """params.yaml's `backend -> name -> options` as `name -> options` with the backend set."""
+        if not isinstance(groups, dict):
+            return groups
+        flat: dict[str, Any] = {}
+        for backend, group in groups.items():
+            if backend not in BACKENDS:
+                raise ValueError(f"{backend!r} is not a backend{_closest(backend, BACKENDS)} "
+                                 f"(variants are grouped by backend: {', '.join(BACKENDS)})")
+            for name, options in (group or {}).items():
+                if name in flat:
+                    raise ValueError(f"variant {name!r} is under both {flat[name]['backend']} and {backend}")
+                if isinstance(options, dict) and options.get("backend", backend) != backend:
+                    raise ValueError(f"{backend}.{name}: `backend: {options['backend']}` under {backend}; "
+                                     "the group it is in names its backend")
+                flat[name] = {**options, "backend": backend} if isinstance(options, dict) else options
+        return flat
 
     @field_validator("models", "variants", "native")
     @classmethod
@@ -123,42 +130,96 @@ class Params(Strict):
                 raise ValueError(f"name {name!r} must be lower-case letters, digits, '-', '_' or '.'")
         return v
 
+    @model_validator(mode="after")
+    def _layout_names(self) -> Params:
+        # artifacts/<model>/<variant>/ shares its folders with these; DVC would see two stages writing one path.
+        for name, reason in RESERVED_VARIANTS.items():
+            if name in self.variants:
+                raise ValueError(f"variant name {name!r} is taken: artifacts/<model>/{name} holds {reason}")
+        for name, reason in RESERVED_MODELS.items():
+            if name in self.models:
+                raise ValueError(f"model name {name!r} is taken: artifacts/{name} holds {reason}")
+        return self
+
+
+def require(params: Params, model: str | None = None, variants: list[str] | tuple[str, ...] = ()) -> None:
+    """Fail in one line if `model` or any of `variants` is not in params.yaml."""
+    if model is not None and model not in params.models:
+        raise PipelineError(f"unknown model {model!r}{_closest(model, params.models)} "
+                            f"(params.yaml models: {', '.join(params.models)})")
+    for name in variants:
+        if name not in params.variants:
+            raise PipelineError(f"unknown variant {name!r}{_closest(name, params.variants)} "
+                                f"(params.yaml variants: {', '.join(params.variants)})")
+
+
+def _closest(word: str, valid) -> str:
+    match = difflib.get_close_matches(str(word), list(valid), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None  # the variants' union: resolved by its `backend` below
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _model_at(parts: list, raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The schema model that the params path `parts` (a pydantic error location) points into."""
+    node: Any = Params
+    for i, part in enumerate(parts):
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return None
+            node = node.model_fields[part].annotation
+            if node is Params.model_fields["variants"].annotation and i + 1 < len(parts):
+                backend = _backend_of(parts[i + 1], raw)
+                if backend is None:
+                    return None
+                node = dict[str, get(backend).Variant]
+        elif get_origin(node) in (dict, list):
+            node = get_args(node)[-1]
+        else:
+            return None
+    node = _unwrap(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _backend_of(variant: Any, raw: dict[str, Any]) -> str | None:
+    groups = raw.get("variants") if isinstance(raw.get("variants"), dict) else {}
+    return next((b for b, group in groups.items() if b in BACKENDS and isinstance(group, dict) and variant in group),
+                None)
+
 
 def _one_line(err: ValidationError, raw: dict[str, Any]) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("OpenVINOVariant", "OnnxGenaiVariant", "NpuLibraryVariant")))
-    loc = re.sub(r"\.(openvino|onnx_genai|npu_library)(?=\.|$)", "", loc)
+    # An unknown key first: a misspelt required key is also reported missing, and the spelling is the cause.
+    e = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    # The discriminated union adds the backend's tag to the location; the user wrote no such key.
+    parts = [p for p in e["loc"] if p not in BACKENDS]
+    # Shown as written: variants.<backend>.<name>...
+    shown = parts[:1] + [_backend_of(parts[1], raw)] + parts[1:] if parts[:1] == ["variants"] and len(parts) > 1 \
+        and _backend_of(parts[1], raw) else parts
+    loc = ".".join(str(p) for p in shown)
+    if not parts:  # a check across sections
+        return f"params.yaml: {e['msg'].removeprefix('Value error, ')}"
     if e["type"] == "extra_forbidden":
-        parent = loc.rsplit(".", 1)[0] if "." in loc else ""
-        model = _schema_at(parent, raw)
-        valid = ", ".join(model.model_fields) if model else "?"
-        return f"params.yaml: unknown key '{loc}' (valid keys here: {valid})"
-    return f"params.yaml: {loc}: {e['msg']}"
-
-
-def _schema_at(loc: str, raw: dict[str, Any]) -> type[BaseModel] | None:
-    parts = loc.split(".") if loc else []
-    if not parts:
-        return Params
-    if parts[0] == "models" and len(parts) == 2:
-        return ModelParams
-    if parts[0] == "smoke":
-        return SmokeParams if len(parts) == 1 else Prompt
-    if parts[0] == "quality":
-        if len(parts) == 1:
-            return QualityParams
-        return Thresholds if parts[1] == "thresholds" and len(parts) == 3 else None
-    if parts[0] == "native":
-        tail = parts[2:]
-        if not tail:
-            return NativeParams
-        if tail in (["wheel"], ["source"]):
-            return WheelParams if tail == ["wheel"] else SourceParams
-        return GitSource if len(tail) == 2 and tail[0] == "source" else None
-    if parts[0] == "variants" and len(parts) == 2:
-        backend = (raw.get("variants") or {}).get(parts[1], {}).get("backend")
-        return {"openvino": OpenVINOVariant, "onnx_genai": OnnxGenaiVariant, "npu_library": NpuLibraryVariant}.get(backend)
-    return None
+        model = _model_at(parts[:-1], raw)
+        valid = list(model.model_fields) if model else []
+        valid = [k for k in valid if k != "backend"] if parts[:1] == ["variants"] else valid
+        return (f"params.yaml: {loc}: unknown key{_closest(parts[-1], valid)} "
+                f"(valid keys here: {', '.join(valid) or '?'})")
+    if e["type"] == "missing":
+        return f"params.yaml: {loc}: required key missing"
+    return f"params.yaml: {loc}: {e['msg'].removeprefix('Value error, ')}"
 
 
 def load(path: str | Path = "params.yaml") -> Params:

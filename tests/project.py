@@ -32,6 +32,13 @@ def make(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
+def variants(names: list[str]) -> dict[str, dict]:
+    """The repo's params.yaml variants called `names`, grouped by backend as params.yaml groups them (every backend's
+    group present: dvc.yaml has a matrix over each)."""
+    groups = yaml.safe_load((ROOT / "params.yaml").read_text())["variants"]
+    return {backend: {n: v for n, v in group.items() if n in names} for backend, group in groups.items()}
+
+
 def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(args), cwd=project, env=env(), capture_output=True, text=True)
     if check and proc.returncode != 0:

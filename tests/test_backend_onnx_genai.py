@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.backends import onnx_genai
 from pipeline.errors import PipelineError
-from pipeline.params import OnnxGenaiVariant, Prompt, SmokeParams
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.params import Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import assert_greedy
 
@@ -48,7 +49,7 @@ def exported(tiny_models, tmp_path_factory):
         if (kind, name) not in done:
             out = base / f"{kind}-{name}"
             out.mkdir()
-            done[kind, name] = out, onnx_genai.export(tiny_models[kind], VARIANTS[name], out)
+            done[kind, name] = out, onnx_genai.export(tiny_models[kind], VARIANTS[name], out, ir_fp16=None, smoke=SMOKE)
         return done[kind, name]
 
     return get
@@ -116,7 +117,7 @@ def test_quantization_options_reach_the_graph(tiny_models, tmp_path):
         backend="onnx_genai", precision="int4", execution_provider="cpu", block_size=64, is_symmetric=False,
         accuracy_level=1,
     )
-    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path)
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, ir_fp16=None, smoke=SMOKE)
     assert record["extra_options"] == {
         "hf_token": "false", "block_size": "64", "is_symmetric": "false", "accuracy_level": "1",
     }
@@ -135,7 +136,7 @@ def test_lm_head_mistaken_by_builder_is_caught(tmp_path):
         source = tiny.build("mini-4k", tmp_path / "src")
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match="reads '/model/layers.0/.*not the final norm") as err:
-        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out")
+        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
     assert "\n" not in str(err.value)
 
 
@@ -176,6 +177,6 @@ def test_export_needs_a_checkpoint_dir(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match="no config.json") as err:
-        onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out")
+        onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "out").iterdir())

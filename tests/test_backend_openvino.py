@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from pipeline.backends import openvino as backend
+from pipeline.backends.openvino import readback
+from pipeline.backends.openvino.convert import TOKENIZER_IRS
 from pipeline.errors import PipelineError
-from pipeline.params import OpenVINOVariant, Prompt, SmokeParams
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.params import Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import assert_greedy
 
@@ -55,7 +58,7 @@ def artifacts(tiny_models, fp16_irs, tmp_path_factory) -> dict:
     for kind, src in tiny_models.items():
         for name, variant in VARIANTS.items():
             out = _empty_dir(base / kind / name)
-            made[kind, name] = (out, backend.export(src, variant, out, ir_fp16=fp16_irs[kind][0]))
+            made[kind, name] = (out, backend.export(src, variant, out, ir_fp16=fp16_irs[kind][0], smoke=SMOKE))
     return made
 
 
@@ -80,7 +83,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
     for ir, record in fp16_irs.values():
-        for name in ("openvino_model.xml", "openvino_model.bin", *backend.TOKENIZER_IRS, "config.json"):
+        for name in ("openvino_model.xml", "openvino_model.bin", *TOKENIZER_IRS, "config.json"):
             assert name in record["files"] and (ir / name).is_file()
         assert record["seconds"] > 0
 
@@ -131,23 +134,23 @@ def test_export_records_the_weight_precisions_read_back(kind, artifacts):
 
 def test_readback_rejects_asymmetric_weights_for_a_sym_variant(tiny_model, fp16_irs, tmp_path):
     asym = VARIANTS["ov-int4"].model_copy(update={"sym": False})
-    record = backend.export(tiny_model, asym, tmp_path, ir_fp16=fp16_irs["mini-4k"][0])
+    record = backend.export(tiny_model, asym, tmp_path, ir_fp16=fp16_irs["mini-4k"][0], smoke=SMOKE)
     assert "u4" in record["weights"]["element_types"]
     with pytest.raises(PipelineError, match=r"int4 sym variant but int4 weights are u4 with zero points") as err:
-        backend.weight_precisions(tmp_path / backend.MODEL_XML, VARIANTS["ov-int4"])
+        readback.weight_precisions(tmp_path / readback.MODEL_XML, VARIANTS["ov-int4"])
     assert "\n" not in str(err.value)
 
 
 def test_readback_rejects_fp16_weights_for_int4(fp16_irs):
     with pytest.raises(PipelineError, match=r"int4 variant but no weight is int4 \(found f16\)") as err:
-        backend.weight_precisions(fp16_irs["mini-4k"][0] / backend.MODEL_XML, VARIANTS["ov-int4-npu"])
+        readback.weight_precisions(fp16_irs["mini-4k"][0] / readback.MODEL_XML, VARIANTS["ov-int4-npu"])
     assert "\n" not in str(err.value)
 
 
 def test_group_size_fallback_adjust_is_recorded(odd_width_model, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"ratio": 1.0, "group_size_fallback": "adjust"})
     out = _empty_dir(tmp_path / "out")
-    weights = backend.export(odd_width_model, variant, out, ir_fp16=None)["weights"]  # FP16 IR made on the way
+    weights = backend.export(odd_width_model, variant, out, ir_fp16=None, smoke=SMOKE)["weights"]  # FP16 IR made on the way
     # qkv, o and gate_up read 192 channels: group 64; down_proj reads 384: group 128. Two layers each.
     assert weights["group_sizes"] == {"-1": 2, "128": 2, "64": 6}
     assert len(weights["fallbacks"]) == 6
@@ -161,13 +164,13 @@ def test_group_size_fallback_error_is_one_line(odd_width_model, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"group_size_fallback": "error"})
     # Only the layers NNCF's ratio picks for int4 must take the group: here 2 of the 6 with 192 channels.
     with pytest.raises(PipelineError, match=r"group size 128 does not divide the input channels of \d+ layers") as err:
-        backend.export(odd_width_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir")
+        backend.export(odd_width_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir", smoke=SMOKE)
     assert "\n" not in str(err.value)
 
 
 def test_retrace_from_checkpoint_gives_the_same_precisions(tiny_model, artifacts, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"from_fp16_ir": False})
-    record = backend.export(tiny_model, variant, tmp_path, ir_fp16=None)
+    record = backend.export(tiny_model, variant, tmp_path, ir_fp16=None, smoke=SMOKE)
     derived_dir, derived = artifacts["mini-4k", "ov-int4"]
     assert record["method"].startswith("optimum-intel export with weight quantization")
     assert record["weights"] == derived["weights"]

@@ -17,12 +17,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import fsutil, native
+import openvino_genai
+
+from build_native import proc, runtimes, source
+from build_native import runner as ov_runner
+from build_native.params import GitSource, NativeParams
+from pipeline import fsutil
+from pipeline.backends.openvino.runtime import F32 as OV_F32, greedy
+from pipeline.stages.runner import check_runner
 from pipeline.errors import PipelineError
 from tests import tiny
 
 CPU_WHEELS = {"onnxruntime": "1.32.0", "onnxruntime_genai": "0.18.0"}
-F32 = native.F32
+F32 = OV_F32
 IDS = [int(i) for i in np.random.default_rng(0).integers(len(tiny.SPECIALS), tiny.VOCAB, 12)]
 
 
@@ -32,8 +39,8 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     return message
 
 
-def cpu_params(**wheel) -> native.NativeParams:
-    return native.NativeParams(execution_provider="cpu", wheel={**CPU_WHEELS, **wheel})
+def cpu_params(**wheel) -> NativeParams:
+    return NativeParams(execution_provider="cpu", wheel={**CPU_WHEELS, **wheel})
 
 
 # ---- params ----------------------------------------------------------------------------------------------------
@@ -41,13 +48,13 @@ def cpu_params(**wheel) -> native.NativeParams:
 
 def test_params_refuse_unknown_keys_and_missing_sections():
     with pytest.raises(ValidationError, match="extra"):
-        native.NativeParams(execution_provider="cpu", wheel=CPU_WHEELS, job=4)
+        NativeParams(execution_provider="cpu", wheel=CPU_WHEELS, job=4)
     with pytest.raises(ValidationError, match="mode: source needs a `source:` section"):
-        native.NativeParams(mode="source", execution_provider="cpu", wheel=CPU_WHEELS)
+        NativeParams(mode="source", execution_provider="cpu", wheel=CPU_WHEELS)
     with pytest.raises(ValidationError, match="not a 40-hex commit"):
-        native.GitSource(commit="main", url="https://example.invalid/x.git")
+        GitSource(commit="main", url="https://example.invalid/x.git")
     with pytest.raises(ValidationError, match="valid: onnxruntime-directml, onnxruntime-genai-directml"):
-        native.NativeParams(execution_provider="dml", wheel={**CPU_WHEELS, "sha256": {"onnxruntime": "0" * 64}})
+        NativeParams(execution_provider="dml", wheel={**CPU_WHEELS, "sha256": {"onnxruntime": "0" * 64}})
 
 
 # ---- wheel mode ------------------------------------------------------------------------------------------------
@@ -56,7 +63,7 @@ def test_params_refuse_unknown_keys_and_missing_sections():
 @pytest.fixture(scope="module")
 def cpu_wheels(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("native") / "cpu"
-    return out, native.run(cpu_params(), out)
+    return out, runtimes.run(cpu_params(), out)
 
 
 def test_wheel_mode_downloads_pinned_wheels_and_records_them(cpu_wheels):
@@ -64,9 +71,9 @@ def test_wheel_mode_downloads_pinned_wheels_and_records_them(cpu_wheels):
     wheels = sorted(p.name for p in out.glob("*.whl"))
     assert len(wheels) == 2 and wheels[0].startswith("onnxruntime-1.32.0-") and "genai-0.18.0" in wheels[1]
     on_disk = fsutil.hash_tree(out)
-    manifest = (out / native.BUILD_MANIFEST).read_text()
+    manifest = (out / runtimes.BUILD_MANIFEST).read_text()
     assert record == json.loads(manifest)
-    assert record["files"] == {k: v for k, v in on_disk.items() if k != native.BUILD_MANIFEST}
+    assert record["files"] == {k: v for k, v in on_disk.items() if k != runtimes.BUILD_MANIFEST}
     assert set(record["files"]) == set(wheels)
     assert {p["version"] for p in record["packages"].values()} == {"1.32.0", "0.18.0"}
     assert record["packages"]["onnxruntime"]["sha256"] == on_disk[record["packages"]["onnxruntime"]["file"]]
@@ -78,7 +85,7 @@ def test_wheel_mode_downloads_pinned_wheels_and_records_them(cpu_wheels):
 def test_wheel_mode_accepts_the_right_pin(cpu_wheels, tmp_path):
     _, record = cpu_wheels
     pins = {name: p["sha256"] for name, p in record["packages"].items()}
-    again = native.run(cpu_params(sha256=pins), tmp_path / "cpu")
+    again = runtimes.run(cpu_params(sha256=pins), tmp_path / "cpu")
     assert again["files"] == record["files"]  # same bytes on a second download
     assert all(p["pinned"] for p in again["packages"].values())
 
@@ -88,7 +95,7 @@ def test_bad_pinned_hash_fails_in_one_line_and_keeps_the_old_output(cpu_wheels, 
     shutil.copytree(cpu_wheels[0], out)
     before = fsutil.hash_tree(out)
     with pytest.raises(PipelineError) as err:
-        native.run(cpu_params(sha256={"onnxruntime-genai": "0" * 64}), out)
+        runtimes.run(cpu_params(sha256={"onnxruntime-genai": "0" * 64}), out)
     assert "onnxruntime_genai-0.18.0" in one_line(err) and "sha256" in str(err.value)
     assert fsutil.hash_tree(out) == before  # the previous artifact is untouched...
     assert [p.name for p in tmp_path.iterdir()] == ["cpu"]  # ...and no partial dir is left beside it
@@ -96,16 +103,16 @@ def test_bad_pinned_hash_fails_in_one_line_and_keeps_the_old_output(cpu_wheels, 
 
 def test_bad_pinned_hash_leaves_no_output(tmp_path):
     with pytest.raises(PipelineError) as err:
-        native.run(cpu_params(sha256={"onnxruntime": "f" * 64}), tmp_path / "cpu")
+        runtimes.run(cpu_params(sha256={"onnxruntime": "f" * 64}), tmp_path / "cpu")
     one_line(err)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_dml_wheel_pair_that_pip_cannot_install_is_refused(tmp_path):
     # onnxruntime-genai-directml 0.14.1 requires onnxruntime-directml>=1.26.0; PyPI's newest is 1.24.4.
-    bad = native.NativeParams(execution_provider="dml", wheel={"onnxruntime": "1.24.4", "onnxruntime_genai": "0.14.1"})
+    bad = NativeParams(execution_provider="dml", wheel={"onnxruntime": "1.24.4", "onnxruntime_genai": "0.14.1"})
     with pytest.raises(PipelineError) as err:
-        native.run(bad, tmp_path / "dml")
+        runtimes.run(bad, tmp_path / "dml")
     assert "onnxruntime-directml>=1.26.0" in one_line(err)
     assert list(tmp_path.iterdir()) == []
 
@@ -115,13 +122,13 @@ def test_dml_wheel_pair_that_pip_cannot_install_is_refused(tmp_path):
 
 @pytest.mark.skipif(platform.system() == "Windows", reason="DirectML source builds are allowed on Windows")
 def test_dml_source_build_off_windows_fails_before_any_work(tmp_path):
-    params = native.NativeParams(
+    params = NativeParams(
         mode="source", execution_provider="dml", work_dir=tmp_path / "work",
         source={"onnxruntime_genai": {"commit": "a" * 40, "url": "https://example.invalid/genai.git"},
                 "onnxruntime": {"commit": "b" * 40, "url": "https://example.invalid/ort.git"}},
     )
     with pytest.raises(PipelineError) as err:
-        native.run(params, tmp_path / "out")
+        runtimes.run(params, tmp_path / "out")
     assert "DirectML" in one_line(err) and "Windows" in str(err.value)
     assert list(tmp_path.iterdir()) == []  # nothing cloned, nothing staged
 
@@ -148,22 +155,22 @@ def test_checkout_is_verified_against_the_pin(tmp_path):
 
     # A local checkout is used in place only at the pinned commit and clean.
     with pytest.raises(PipelineError) as err:
-        native._checkout("x", native.GitSource(commit=first, path=repo), work, logs, [])
+        source._checkout("x", GitSource(commit=first, path=repo), work, logs, [])
     assert first[:12] in one_line(err)
     (repo / "VERSION_NUMBER").write_text("dirty\n")
     head = _git(repo, "rev-parse", "HEAD")
     with pytest.raises(PipelineError) as err:
-        native._checkout("x", native.GitSource(commit=head, path=repo), work, logs, [])
+        source._checkout("x", GitSource(commit=head, path=repo), work, logs, [])
     assert "uncommitted" in one_line(err)
     _git(repo, "checkout", "-q", "--", ".")
 
     # A URL (or bare git dir) is cloned into the work dir and checked out at the pin.
     steps: list[dict] = []
-    got = native._checkout("x", native.GitSource(commit=first, url=str(repo)), work, logs, steps)
+    got = source._checkout("x", GitSource(commit=first, url=str(repo)), work, logs, steps)
     assert got["commit"] == first and got["version"] == "1.2.3" and not got["in_place"]
     assert [s["name"] for s in steps] == ["x clone", "x checkout"]
     subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(tmp_path / "bare.git")], check=True)
-    got = native._checkout("y", native.GitSource(commit=head, path=tmp_path / "bare.git"), work, logs, [])
+    got = source._checkout("y", GitSource(commit=head, path=tmp_path / "bare.git"), work, logs, [])
     assert got["commit"] == head and got["checkout"] == str(work / "src" / "y")
 
 
@@ -186,13 +193,13 @@ def tiny_ir(tiny_model, tmp_path_factory) -> Path:
 def runner_wheel(tmp_path_factory) -> Path:
     """The runner's wheel, built as the pipeline builds it (pip wheel: scikit-build-core, no build isolation)."""
     tmp = tmp_path_factory.mktemp("ov_runner")
-    return native.build_runner(tmp / "dist", tmp / "build")
+    return ov_runner.build_runner(tmp / "dist", tmp / "build")
 
 
 @pytest.fixture(scope="session")
 def runner(runner_wheel) -> Path:
     """Its binary, pip-installed into this environment beside openvino, as stage `runner` does."""
-    return native.install_runner(runner_wheel)
+    return ov_runner.install_runner(runner_wheel)
 
 
 def python_greedy(ir: Path, ids: list[int], n: int) -> list[int]:
@@ -217,31 +224,31 @@ def python_greedy(ir: Path, ids: list[int], n: int) -> list[int]:
 
 def test_runner_greedy_tokens_equal_openvino_genai(runner, tiny_ir):
     n = 24
-    ours = native.run_runner(runner, tiny_ir, IDS, n, properties=F32)
+    ours = ov_runner.run_runner(runner, tiny_ir, IDS, n, properties=F32)
     assert len(ours) == n
-    assert ours == native.genai_greedy(native.genai_pipeline(tiny_ir, F32), IDS, n)
+    assert ours == greedy(openvino_genai.LLMPipeline(str(tiny_ir), "CPU", **F32), IDS, n, ignore_eos=True)
     assert ours == python_greedy(tiny_ir, IDS, n)
     assert len(set(ours)) > 1  # not a degenerate constant output
 
 
 def test_runner_reports_speed_and_stops_at_eos(runner, tiny_ir):
-    record = native.runner_json(runner, tiny_ir, IDS, 8, properties=F32)
+    record = ov_runner.runner_json(runner, tiny_ir, IDS, 8, properties=F32)
     assert record["prompt_ids"] == IDS and record["tokens_per_s"] > 0 and record["ttft_ms"] > 0
     first = record["tokens"][0]
-    assert native.run_runner(runner, tiny_ir, IDS, 8, eos=(first,), properties=F32) == [first]
+    assert ov_runner.run_runner(runner, tiny_ir, IDS, 8, eos=(first,), properties=F32) == [first]
 
 
 def test_runner_tokenizes_text_with_the_tokenizer_ir(runner, tiny_ir):
     import openvino_genai
 
-    record = native.runner_json(runner, tiny_ir, text="The capital of France", n=4)
+    record = ov_runner.runner_json(runner, tiny_ir, text="The capital of France", n=4)
     expected = openvino_genai.Tokenizer(str(tiny_ir)).encode("The capital of France").input_ids.data[0]
     assert record["prompt_ids"] == [int(i) for i in expected]
     assert len(record["tokens"]) == 4 and isinstance(record["text"], str)
 
 
 def test_runner_smoke_matches_genai_on_chat_prompts(runner_wheel, runner, tiny_ir):
-    record = native.runner_smoke(tiny_ir, ["What is the capital of France?", "Hi"], 16, runner_wheel)
+    record = check_runner(tiny_ir, ["What is the capital of France?", "Hi"], 16, runner_wheel)
     assert record["status"] == "passed", record["reason"]
     assert record["binary"] == str(runner) and record["wheel_sha256"] == fsutil.sha256_file(runner_wheel)
     assert all(p["match"] and p["runner_tokens"] for p in record["prompts"])
@@ -250,7 +257,7 @@ def test_runner_smoke_matches_genai_on_chat_prompts(runner_wheel, runner, tiny_i
 
 def test_runner_errors_are_one_line(runner, tiny_ir):
     with pytest.raises(PipelineError) as err:
-        native.run_runner(runner, tiny_ir, IDS, 2, properties={"NO_SUCH_PROPERTY": "1"})
+        ov_runner.run_runner(runner, tiny_ir, IDS, 2, properties={"NO_SUCH_PROPERTY": "1"})
     assert "NO_SUCH_PROPERTY" in one_line(err) and "Exception from" not in str(err.value)
 
 
@@ -258,14 +265,14 @@ def test_runner_wheel_ships_the_binary_and_pins_this_openvino(runner_wheel):
     from importlib.metadata import version
 
     with zipfile.ZipFile(runner_wheel) as z:
-        binary = z.getinfo("aipc_ov_runner/bin/" + ("ov_runner.exe" if native.IS_WINDOWS else "ov_runner"))
+        binary = z.getinfo("aipc_ov_runner/bin/" + ("ov_runner.exe" if proc.IS_WINDOWS else "ov_runner"))
         tag = next(line for line in z.read("aipc_ov_runner-0.1.0.dist-info/WHEEL").decode().splitlines()
                    if line.startswith("Tag:"))
         scripts = z.read("aipc_ov_runner-0.1.0.dist-info/entry_points.txt").decode()
-    assert native.IS_WINDOWS or binary.external_attr >> 16 & 0o111  # executable once unpacked
+    assert proc.IS_WINDOWS or binary.external_attr >> 16 & 0o111  # executable once unpacked
     assert tag.startswith("Tag: py3-none-")  # a program: one wheel per platform, any Python
     assert "ov_runner = aipc_ov_runner:main" in scripts
-    assert native._requires(runner_wheel) == [f"openvino=={version('openvino')}"]
+    assert proc.requires(runner_wheel) == [f"openvino=={version('openvino')}"]
 
 
 def test_runner_wheel_pinned_to_another_openvino_is_refused(runner_wheel, tmp_path, monkeypatch):
@@ -273,7 +280,7 @@ def test_runner_wheel_pinned_to_another_openvino_is_refused(runner_wheel, tmp_pa
 
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2099.1.0")
     with pytest.raises(PipelineError) as err:
-        native.build_runner(tmp_path, runner_wheel.parent.parent / "build")  # the fixture's tree: a warm build
+        ov_runner.build_runner(tmp_path, runner_wheel.parent.parent / "build")  # the fixture's tree: a warm build
     assert "but this environment has openvino 2099.1.0" in one_line(err)
 
 
@@ -288,7 +295,7 @@ def test_installed_runner_finds_openvino_through_a_relative_rpath(runner, tiny_i
                            ",".join(map(str, IDS)), "--max-new-tokens", "6",
                            *[a for k, v in F32.items() for a in ("--prop", f"{k}={v}")]],
                           check=True, capture_output=True, text=True, env=env)
-    assert json.loads(proc.stdout.splitlines()[-1])["tokens"] == native.run_runner(runner, tiny_ir, IDS, 6,
+    assert json.loads(proc.stdout.splitlines()[-1])["tokens"] == ov_runner.run_runner(runner, tiny_ir, IDS, 6,
                                                                                    properties=F32)
 
 
@@ -296,25 +303,25 @@ def test_runner_wheel_stage_rebuilds_the_same_bytes(runner_wheel, tmp_path, monk
     # A cold build in a fresh tree, from a copy of the sources elsewhere (another checkout): no path of either may
     # leak into the wheel. (Another environment's openvino path once did, through the linker's build ID; see
     # CMakeLists.txt. That needs a second environment to test, and was checked by hand.)
-    monkeypatch.setattr(native, "RUNNER_SRC", shutil.copytree(native.RUNNER_SRC, tmp_path / "elsewhere" / "ov_runner"))
+    monkeypatch.setattr(ov_runner, "RUNNER_SRC", shutil.copytree(ov_runner.RUNNER_SRC, tmp_path / "elsewhere" / "ov_runner"))
     out = tmp_path / "artifacts" / "native" / "ov_runner"
-    record = native.runner_wheel(out, tmp_path / "build")
+    record = ov_runner.runner_wheel(out, tmp_path / "build")
     assert record["wheel"] == runner_wheel.name and record["sha256"] == fsutil.sha256_file(runner_wheel)
-    assert native.runner_wheel_file(out) == out / runner_wheel.name
+    assert ov_runner.runner_wheel_file(out) == out / runner_wheel.name
     assert sorted(p.name for p in out.iterdir()) == sorted([runner_wheel.name, fsutil.MANIFEST])
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or shutil.which("readelf") is None, reason="ELF RPATH, readelf")
 def test_plain_cmake_build_still_works(runner, tiny_ir, tmp_path):
-    cmake, _ = native._cmake(native.RUNNER_CMAKE_MIN)
-    ov_cmake = native._package_dir("openvino") / "cmake"
-    subprocess.run([cmake, "-S", str(native.RUNNER_SRC), "-B", str(tmp_path), f"-DOpenVINO_DIR={ov_cmake}"],
+    cmake, _ = proc.cmake(ov_runner.RUNNER_CMAKE_MIN)
+    ov_cmake = proc.package_dir("openvino") / "cmake"
+    subprocess.run([cmake, "-S", str(ov_runner.RUNNER_SRC), "-B", str(tmp_path), f"-DOpenVINO_DIR={ov_cmake}"],
                    check=True, capture_output=True)
     subprocess.run([cmake, "--build", str(tmp_path)], check=True, capture_output=True)
     dynamic = subprocess.run(["readelf", "-d", str(tmp_path / "ov_runner")], capture_output=True, text=True).stdout
-    assert str(native._package_dir("openvino") / "libs") in dynamic  # the build tree's binary: absolute RPATH
-    assert (native.run_runner(tmp_path / "ov_runner", tiny_ir, IDS, 6, properties=F32)
-            == native.run_runner(runner, tiny_ir, IDS, 6, properties=F32))
+    assert str(proc.package_dir("openvino") / "libs") in dynamic  # the build tree's binary: absolute RPATH
+    assert (ov_runner.run_runner(tmp_path / "ov_runner", tiny_ir, IDS, 6, properties=F32)
+            == ov_runner.run_runner(runner, tiny_ir, IDS, 6, properties=F32))
 
 
 # ---- source mode for real: opt-in ------------------------------------------------------------------------------
@@ -332,7 +339,7 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
     genai, ort = Path(os.environ["AIPC_NATIVE_GENAI_SRC"]), Path(os.environ["AIPC_NATIVE_ORT_SRC"])
     deps_dir = os.environ.get("AIPC_NATIVE_DEPS")
     deps = {d.name: d for d in sorted(Path(deps_dir).iterdir()) if d.is_dir()} if deps_dir else {}
-    params = native.NativeParams(
+    params = NativeParams(
         mode="source", execution_provider="cpu", jobs=os.cpu_count() or 2,
         work_dir=Path(os.environ.get("AIPC_NATIVE_WORK", "build_native/out")),
         ccache_dir=os.environ.get("AIPC_NATIVE_CCACHE_DIR") or None,
@@ -341,7 +348,7 @@ def test_source_build_of_genai_against_the_onnxruntime_wheel(tmp_path):
                 "onnxruntime": {"commit": _git(ort, "rev-parse", "HEAD"), "path": ort}},
     )
     out = Path(os.environ.get("AIPC_NATIVE_OUT") or tmp_path / "cpu-source")
-    record = native.run(params, out)
+    record = runtimes.run(params, out)
     (wheel,) = record["wheels"]
     assert (out / "ort" / "include" / "onnxruntime_c_api.h").is_file()
     assert record["files"][f"wheels/{wheel}"] == fsutil.sha256_file(out / "wheels" / wheel)
@@ -393,10 +400,10 @@ print(json.dumps({"onnxruntime_genai": og.__file__, "onnxruntime": ort.__version
 # ---- source mode: the pieces that need no sources --------------------------------------------------------------
 
 
-def source_params(tmp_path: Path, ep: str = "cpu") -> native.NativeParams:
+def source_params(tmp_path: Path, ep: str = "cpu") -> NativeParams:
     deps = tmp_path / "deps" / "pybind11"
     deps.mkdir(parents=True, exist_ok=True)
-    return native.NativeParams(
+    return NativeParams(
         mode="source", execution_provider=ep, jobs=3,
         source={"onnxruntime_genai": {"commit": "a" * 40, "url": "u", "deps": {"pybind11": deps}},
                 "onnxruntime": {"commit": "b" * 40, "url": "v"}},
@@ -405,11 +412,11 @@ def source_params(tmp_path: Path, ep: str = "cpu") -> native.NativeParams:
 
 @pytest.mark.parametrize("windows", [False, True])
 def test_build_commands(tmp_path, monkeypatch, windows):
-    monkeypatch.setattr(native, "IS_WINDOWS", windows)
+    monkeypatch.setattr(proc, "IS_WINDOWS", windows)
     ep = "dml" if windows else "cpu"
     params = source_params(tmp_path, ep)
     (tmp_path / "build.py").write_text("parser.add_argument('--skip_examples')")
-    ort = native._ort_build_cmd(params, tmp_path, tmp_path / "b", "cmake")
+    ort = source._ort_build_cmd(params, tmp_path, tmp_path / "b", "cmake")
     assert Path(ort[0]).name == ("build.bat" if windows else "build.sh")
     for flag in ("--build_shared_lib", "--skip_tests", "--parallel", "--config"):
         assert flag in ort
@@ -418,7 +425,7 @@ def test_build_commands(tmp_path, monkeypatch, windows):
     assert "onnxruntime_USE_TELEMETRY=OFF" in ort[ort.index("--cmake_extra_defines"):]
     assert "FETCHCONTENT_FULLY_DISCONNECTED=ON" not in ort  # no deps given for onnxruntime: it may download
 
-    genai = native._genai_build_cmd(params, tmp_path, tmp_path / "g", tmp_path / "ort", "cmake")
+    genai = source._genai_build_cmd(params, tmp_path, tmp_path / "g", tmp_path / "ort", "cmake")
     assert genai[1].endswith("build.py") and genai[genai.index("--ort_home") + 1] == str(tmp_path / "ort")
     assert ("--use_dml" in genai) == windows and "--skip_examples" in genai
     assert "--parallel" not in genai  # bounded by CMAKE_BUILD_PARALLEL_LEVEL instead
@@ -441,7 +448,7 @@ def test_ort_home_is_staged_like_the_seed(tmp_path, ep):
     lib = tmp_path / "libonnxruntime.so.1.32.0"
     lib.write_bytes(b"\x7fELF")
     home = tmp_path / "ort"
-    native._stage_ort_home(src, [lib], home, ep)
+    source._stage_ort_home(src, [lib], home, ep)
     headers = sorted(p.name for p in (home / "include").iterdir())
     assert "onnxruntime_c_api.h" in headers and ("dml_provider_factory.h" in headers) == (ep == "dml")
     libdir = home / "lib"

@@ -10,18 +10,25 @@ import pytest
 
 from pipeline.backends import npu_library
 from pipeline.backends import openvino as backend
+from pipeline.backends.npu_library import library as npu_lib
+from pipeline.backends.openvino import npu, readback
 from pipeline.errors import PipelineError
-from pipeline.params import NpuLibraryVariant, OpenVINOVariant, Prompt, SmokeParams
+from pipeline.backends.npu_library.params import NpuLibraryVariant
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.params import Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import assert_greedy
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
-NPU = OpenVINOVariant(backend="openvino", weight_format="int4", group_size=-1, ratio=1.0, sym=True, npu=True)
+NPU = OpenVINOVariant(weight_format="int4", group_size=-1, ratio=1.0, sym=True, npu=True)
 
 
 def _smoke(prompt_len: int, response_len: int) -> SmokeParams:
     return SmokeParams(prompts=[Prompt(text="Hi")], npu_max_prompt_len=prompt_len, npu_min_response_len=response_len)
+
+
+SMOKE = _smoke(256, 64)  # the schema's defaults
 
 
 def _dir(path):
@@ -47,18 +54,18 @@ def odd_width_ir(odd_width_model, tmp_path_factory):
 def test_npu_artifact_passes_and_records_the_preflight(tiny_model, fp16_ir, tmp_path):
     import openvino as ov
 
-    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(256, 64))
+    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(256, 64))
     pre = record["npu_preflight"]
     assert pre["status"] == "passed" and pre["linear_layers"] == 8 and pre["group_sizes"] == {"-1": 8}
     assert (pre["static_prompt_len"], pre["static_kv_cache_len"], pre["max_position_embeddings"]) == (256, 320, 4096)
     assert pre["other_weights"] == {"embedding": "u8", "lm_head": "u8"}  # NNCF's int8 backup: fine on the NPU
     if "NPU" not in ov.Core().available_devices:
         assert record["npu_blob"]["status"] == "skipped" and "NPUW_DEVICES=CPU" in record["npu_blob"]["reason"]
-        assert not any(f.startswith(backend.NPU_BLOB_DIR) for f in record["files"])
+        assert not any(f.startswith(npu.NPU_BLOB_DIR) for f in record["files"])
 
 
 def test_group_128_passes(tiny_model, fp16_ir, tmp_path):
-    record = backend.export(tiny_model, NPU.model_copy(update={"group_size": 128}), tmp_path, ir_fp16=fp16_ir)
+    record = backend.export(tiny_model, NPU.model_copy(update={"group_size": 128}), tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
     assert record["npu_preflight"]["group_sizes"] == {"128": 8}
     assert record["npu_preflight"]["max_prompt_len"] == SmokeParams.model_fields["npu_max_prompt_len"].default
 
@@ -67,7 +74,7 @@ def test_asymmetric_ir_fails_naming_the_layers(tiny_model, fp16_ir, tmp_path):
     # An npu variant asking for asym: the IR keeps its own promise (read-back passes), the NPU pre-flight does not.
     with pytest.raises(PipelineError, match=r"NPU pre-flight: .*int4 weights are asymmetric \(u4 with zero points\) "
                                             r"in 8 of 8 linear layers \(\S+, \S+, \S+, \.\.\.\)") as err:
-        backend.export(tiny_model, NPU.model_copy(update={"sym": False}), tmp_path, ir_fp16=fp16_ir)
+        backend.export(tiny_model, NPU.model_copy(update={"sym": False}), tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
     assert "\n" not in str(err.value) and "_proj" in str(err.value)
 
 
@@ -76,13 +83,13 @@ def test_asymmetric_ir_from_nncf_fails(fp16_ir, tmp_path):
     import openvino as ov
 
     model = nncf.compress_weights(
-        ov.Core().read_model(fp16_ir / backend.MODEL_XML), mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
+        ov.Core().read_model(fp16_ir / readback.MODEL_XML), mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
         group_size=128,
     )
-    ov.save_model(model, tmp_path / backend.MODEL_XML, compress_to_fp16=False)
+    ov.save_model(model, tmp_path / readback.MODEL_XML, compress_to_fp16=False)
     (tmp_path / "config.json").write_text((fp16_ir / "config.json").read_text())
     with pytest.raises(PipelineError, match=r"asymmetric .* in 8 of 8 linear layers \(.*(proj).*\)"):
-        backend.npu_preflight(tmp_path, 256, 64)
+        npu.preflight(tmp_path, 256, 64)
 
 
 def test_group_size_the_npu_does_not_take_fails_naming_the_layers(odd_width_ir, tmp_path):
@@ -91,18 +98,18 @@ def test_group_size_the_npu_does_not_take_fails_naming_the_layers(odd_width_ir, 
     # qkv, o and gate_up read 192 channels: NNCF's adjust gives them group 64, which the NPU does not take.
     with pytest.raises(PipelineError, match=r"int4 group size 64 on 192 channels in 6 of 8 linear layers "
                                             r"\(.*proj.*, \.\.\.\)") as err:
-        backend.export(src, variant, _dir(tmp_path / "adjust"), ir_fp16=ir)
+        backend.export(src, variant, _dir(tmp_path / "adjust"), ir_fp16=ir, smoke=SMOKE)
     assert "\n" not in str(err.value)
     # With `ignore` those layers stay uncompressed: not int4, named too.
     variant = variant.model_copy(update={"group_size_fallback": "ignore"})
     with pytest.raises(PipelineError, match=r"weights are \w+, not int4 in 6 of 8 linear layers"):
-        backend.export(src, variant, _dir(tmp_path / "ignore"), ir_fp16=ir)
+        backend.export(src, variant, _dir(tmp_path / "ignore"), ir_fp16=ir, smoke=SMOKE)
 
 
 def test_int8_ir_fails(tiny_model, fp16_ir, tmp_path):
     variant = NPU.model_copy(update={"weight_format": "int8"})
     with pytest.raises(PipelineError, match=r"weights are i8, not int4 in 8 of 8 linear layers"):
-        backend.export(tiny_model, variant, tmp_path, ir_fp16=fp16_ir)
+        backend.export(tiny_model, variant, tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
 
 
 def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path, monkeypatch):
@@ -128,7 +135,7 @@ def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path
 
     monkeypatch.setattr(ov, "Core", Core)
     monkeypatch.setattr(openvino_genai, "LLMPipeline", pipeline)
-    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(256, 64))
+    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(256, 64))
     blob = record["npu_blob"]
     assert blob["status"] == "compiled" and blob["driver"] == "1.2.3 (test)" and blob["compiler"] == "7"
     assert blob["path"] == "npu_blob/1.2.3__test_/openvino_model.blob" and blob["path"] in record["files"]
@@ -144,32 +151,32 @@ def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path
 )
 def test_prompt_limits_beyond_max_position_embeddings_fail(tiny_model, fp16_ir, tmp_path, prompt_len, response_len,
                                                            kv_cache):
-    kv = backend.npu_static_shapes(prompt_len, response_len)["kv_cache"]
+    kv = npu.npu_static_shapes(prompt_len, response_len)["kv_cache"]
     assert kv == kv_cache
     with pytest.raises(PipelineError, match=r"smoke.npu_max_prompt_len .* beyond the model's "
                                             r"max_position_embeddings 4096") as err:
-        backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke_params=_smoke(prompt_len, response_len))
+        backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(prompt_len, response_len))
     assert "\n" not in str(err.value)
 
 
 def test_static_shapes_follow_npuw_rounding():
-    assert backend.npu_static_shapes(256, 64) == {"prompt": 256, "kv_cache": 320}
-    assert backend.npu_static_shapes(100, 1) == {"prompt": 128, "kv_cache": 192}
-    assert backend.npu_static_shapes(1025, 64) == {"prompt": 2048, "kv_cache": 2112}  # chunked prefill, chunk 1024
-    assert backend.npu_static_shapes(3008, 1024) == {"prompt": 3072, "kv_cache": 4096}  # fits a 4k model exactly
+    assert npu.npu_static_shapes(256, 64) == {"prompt": 256, "kv_cache": 320}
+    assert npu.npu_static_shapes(100, 1) == {"prompt": 128, "kv_cache": 192}
+    assert npu.npu_static_shapes(1025, 64) == {"prompt": 2048, "kv_cache": 2112}  # chunked prefill, chunk 1024
+    assert npu.npu_static_shapes(3008, 1024) == {"prompt": 3072, "kv_cache": 4096}  # fits a 4k model exactly
 
 
 # ---- intel-npu-acceleration-library (legacy route), in its own environment -----------------------------------
 
 def _library_env() -> bool:
     try:
-        npu_library.python()
+        npu_lib.python()
     except PipelineError:
         return False
     return True
 
 
-needs_library = pytest.mark.skipif(not _library_env(), reason="no .venv-npu (python pipeline/npu_env/create.py)")
+needs_library = pytest.mark.skipif(not _library_env(), reason="no .venv-npu (python pipeline/backends/npu_library/env/create.py)")
 IDS = list(range(8, 72))
 
 
@@ -179,7 +186,7 @@ def library_artifacts(tiny_model, tmp_path_factory) -> dict:
     made = {}
     for dtype in ("int4", "int8"):
         variant = NpuLibraryVariant(backend="npu_library", dtype=dtype)
-        made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype)))
+        made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype), ir_fp16=None, smoke=SMOKE))
     return made
 
 
@@ -257,7 +264,7 @@ def test_library_handles_tied_embeddings(tmp_path):
     src = tiny.build("mini-4k", tmp_path / "src", tie_word_embeddings=True)
     variant = NpuLibraryVariant(backend="npu_library", dtype="int8")
     (tmp_path / "out").mkdir()
-    npu_library.export(src, variant, tmp_path / "out")
+    npu_library.export(src, variant, tmp_path / "out", ir_fp16=None, smoke=SMOKE)
     with torch.no_grad():
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([IDS])).logits[0].numpy()
     got = npu_library.logits(tmp_path / "out", variant, IDS)
@@ -279,6 +286,6 @@ def test_library_smoke_runs_on_the_cpu_fallback(library_artifacts, tiny_model):
 
 
 def test_library_without_its_environment_fails_in_one_line(monkeypatch, tmp_path):
-    monkeypatch.setenv(npu_library.VENV_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(npu_lib.VENV_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(PipelineError, match=r"no intel-npu-acceleration-library environment; create it with"):
-        npu_library.export(tmp_path, NpuLibraryVariant(backend="npu_library", dtype="int4"), tmp_path)
+        npu_library.export(tmp_path, NpuLibraryVariant(dtype="int4"), tmp_path, ir_fp16=None, smoke=SMOKE)

@@ -8,7 +8,8 @@ import os
 import pytest
 from huggingface_hub import ModelCard
 
-from pipeline import package
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.stages import package
 from pipeline.errors import PipelineError
 from tests import tinyrelease
 
@@ -67,8 +68,7 @@ def test_rebuild_is_bit_identical(tmp_path):
 
 def test_onnx_genai_card(tmp_path):
     paths = tinyrelease.inputs(tmp_path)
-    variant = {"backend": "onnx_genai", "precision": "int4", "execution_provider": "dml", "block_size": 32,
-               "is_symmetric": True, "accuracy_level": None}
+    variant = OnnxGenaiVariant(precision="int4", execution_provider="dml")
     out = tmp_path / "rel"
     package.run("m", "ort-dml-int4", variant, paths["artifact"], paths["source"], paths["metrics"], out)
     card = ModelCard.load(out / "README.md")
@@ -81,7 +81,7 @@ def test_a_changed_file_fails_verification_naming_it(tmp_path):
     rel = tinyrelease.build(tmp_path)
     (rel / "README.md").unlink()
     (rel / "README.md").write_text("edited\n")  # a new inode: the artifact's link stays intact
-    with pytest.raises(PipelineError, match=r"README\.md: sha256 .* is not"):
+    with pytest.raises(PipelineError, match=r"README\.md: sha256 mismatch \(manifest\.json "):
         package.verify(rel)
 
 

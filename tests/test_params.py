@@ -29,29 +29,40 @@ def test_repo_params_are_valid():
     assert (npu.group_size, npu.ratio, npu.sym, npu.npu) == (-1, 1.0, True, True)
 
 
-def test_misspelt_variant_key_names_key_and_valid_keys(tmp_path, raw):
-    raw["variants"]["ov-int4"]["grup_size"] = 64
+def test_misspelt_variant_key_names_key_and_closest_valid_key(tmp_path, raw):
+    raw["variants"]["openvino"]["ov-int4"]["grup_size"] = 64
     with pytest.raises(PipelineError) as e:
         params.load(_write(tmp_path, raw))
-    msg = str(e.value)
-    assert "variants.ov-int4.grup_size" in msg and "group_size" in msg and "\n" not in msg
+    assert str(e.value) == (
+        "params.yaml: variants.openvino.ov-int4.grup_size: unknown key; did you mean 'group_size'? (valid keys "
+        "here: weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu)")
 
 
-def test_unknown_top_level_key(tmp_path, raw):
-    raw["variant"] = {}
-    with pytest.raises(PipelineError, match=r"unknown key 'variant' \(valid keys here: models, variants, smoke, quality, native\)"):
+def test_misspelt_top_level_key_is_named_not_reported_missing(tmp_path, raw):
+    raw["varaints"] = raw.pop("variants")
+    with pytest.raises(PipelineError, match=r"^params.yaml: varaints: unknown key; did you mean 'variants'\? "
+                                            r"\(valid keys here: models, variants, smoke, quality, native\)$"):
+        params.load(_write(tmp_path, raw))
+
+
+def test_misspelt_required_variant_key_is_named(tmp_path, raw):
+    raw["variants"]["onnx_genai"]["ort-cpu-int4"]["precison"] = raw["variants"]["onnx_genai"]["ort-cpu-int4"].pop(
+        "precision")
+    with pytest.raises(PipelineError, match=r"variants.onnx_genai.ort-cpu-int4.precison: unknown key; did you mean "
+                                            r"'precision'\?"):
         params.load(_write(tmp_path, raw))
 
 
 def test_misspelt_model_key(tmp_path, raw):
     raw["models"]["smollm2"]["revison"] = "x"
-    with pytest.raises(PipelineError, match=r"models.smollm2.revison.*valid keys here: source, id, revision"):
+    with pytest.raises(PipelineError, match=r"models.smollm2.revison: unknown key; did you mean 'revision'\?.*"
+                                            r"valid keys here: source, id, revision"):
         params.load(_write(tmp_path, raw))
 
 
 def test_builder_alias_that_upstream_silently_ignores_is_rejected(tmp_path, raw):
     # onnxruntime-genai's builder ignores `int4_block_size` without a word; we refuse it and name the real key.
-    raw["variants"]["ort-cpu-int4"]["int4_block_size"] = 64
+    raw["variants"]["onnx_genai"]["ort-cpu-int4"]["int4_block_size"] = 64
     with pytest.raises(PipelineError, match="int4_block_size.*block_size"):
         params.load(_write(tmp_path, raw))
 
@@ -78,14 +89,31 @@ def test_branch_allowed_only_when_asked(tmp_path, raw):
 
 @pytest.mark.parametrize("group_size", [0, 100, 8])
 def test_group_size_must_be_power_of_two_or_channelwise(tmp_path, raw, group_size):
-    raw["variants"]["ov-int4"]["group_size"] = group_size
-    with pytest.raises(PipelineError, match="variants.ov-int4.group_size"):
+    raw["variants"]["openvino"]["ov-int4"]["group_size"] = group_size
+    with pytest.raises(PipelineError, match="variants.openvino.ov-int4.group_size"):
         params.load(_write(tmp_path, raw))
 
 
-def test_unknown_backend(tmp_path, raw):
-    raw["variants"]["ov-fp16"]["backend"] = "tensorrt"
-    with pytest.raises(PipelineError, match="variants.ov-fp16"):
+def test_unknown_backend_group_names_the_closest(tmp_path, raw):
+    raw["variants"]["openvno"] = raw["variants"].pop("openvino")
+    with pytest.raises(PipelineError, match=r"variants: 'openvno' is not a backend; did you mean 'openvino'\?"):
+        params.load(_write(tmp_path, raw))
+
+
+def test_a_variant_name_is_unique_across_backends(tmp_path, raw):
+    raw["variants"]["onnx_genai"]["ov-int4"] = raw["variants"]["onnx_genai"]["ort-cpu-int4"]
+    with pytest.raises(PipelineError, match="variant 'ov-int4' is under both (openvino and onnx_genai|onnx_genai and openvino)"):
+        params.load(_write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("section, name", [("variants", "source"), ("variants", "reference"),
+                                           ("variants", "ir-fp16"), ("models", "native")])
+def test_names_that_collide_with_the_layout_are_refused(tmp_path, raw, section, name):
+    if section == "variants":
+        raw["variants"]["openvino"][name] = raw["variants"]["openvino"]["ov-fp16"]
+    else:
+        raw["models"][name] = raw["models"]["smollm2"]
+    with pytest.raises(PipelineError, match=rf"{section[:-1]} name '{name}' is taken: artifacts/"):
         params.load(_write(tmp_path, raw))
 
 

@@ -19,7 +19,7 @@ def _params(models: dict, variants: list[str]) -> dict:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     # Random tiny weights say nothing about INT4 quality: measure and report, but don't gate.
     quality = {**base["quality"], "max_new_tokens": 4, "long_sequence_tokens": 0, "top_k": 16, "enforce": False}
-    return {"models": models, "variants": {v: base["variants"][v] for v in variants}, "smoke": SMOKE,
+    return {"models": models, "variants": project.variants(variants), "smoke": SMOKE,
             "quality": quality, "native": {}}
 
 
@@ -55,11 +55,34 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
 
     # One variant's knob: only that variant's stages, for every model, go stale.
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["variants"]["ov-int4"]["ratio"] = 0.8
+    params["variants"]["openvino"]["ov-int4"]["ratio"] = 0.8
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _changed_stages(proj) == {
-        f"{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
-    } | {"report"}
+        f"openvino-{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
+    } | {"report", "check"}
+
+
+def test_touching_one_backend_makes_only_its_stages_stale(tmp_path, tiny_model):
+    """The backend is the unit: an edit inside pipeline/backends/<name>/ reruns that backend's stages and nothing
+    else (its toolchain lock likewise); an edit of the shared backend module reruns all of them."""
+    variants = ["ov-int4", "ort-cpu-int4", "npu-lib-int8"]
+    proj = project.make(tmp_path, _params({"mini": {"source": "local", "id": str(tiny_model)}}, variants))
+    # Everything but the C++ runner (its wheel build is test_native's), which stays stale throughout.
+    project.dvc(proj, "repro", "--glob", "*-package@*")
+    not_run = _changed_stages(proj)
+    assert not_run == {"runner_wheel", "runner@mini", "report"}, not_run
+    per_variant = {"openvino": "ov-int4", "onnx_genai": "ort-cpu-int4", "npu_library": "npu-lib-int8"}
+    for backend, variant in per_variant.items():
+        touched = proj / "pipeline" / "backends" / backend / "card.py"
+        original = touched.read_text()
+        touched.write_text(original + "\n# touched\n")
+        stale = {f"{backend}-{stage}@mini-{variant}" for stage in ("export", "smoke", "quality", "package")}
+        assert _changed_stages(proj) - not_run == stale | ({"ir@mini"} if backend == "openvino" else set())
+        touched.write_text(original)
+        assert _changed_stages(proj) == not_run
+    common = proj / "pipeline" / "backends" / "common.py"
+    common.write_text(common.read_text() + "\n# touched\n")
+    assert {s.split("-")[0] for s in _changed_stages(proj) - not_run} >= set(per_variant)
 
 
 def test_stage_errors_are_one_line_and_leave_no_partial_artifact(tmp_path, tiny_model):
@@ -81,13 +104,14 @@ def test_stage_errors_are_one_line_and_leave_no_partial_artifact(tmp_path, tiny_
 
 def test_misspelt_params_key_fails_the_stage_naming_the_key(tmp_path, tiny_model):
     params = _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ov-fp16"])
-    params["variants"]["ov-fp16"]["weight_fromat"] = "fp16"
+    params["variants"]["openvino"]["ov-fp16"]["weight_fromat"] = "fp16"
     proj = project.make(tmp_path, params)
     proc = project.aipc(proj, "fetch", "mini", check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "aipc: error: params.yaml: unknown key 'variants.ov-fp16.weight_fromat' (valid keys here: backend, "
-        "weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu)"
+        "aipc: error: params.yaml: variants.openvino.ov-fp16.weight_fromat: unknown key; did you mean "
+        "'weight_format'? (valid keys here: weight_format, sym, group_size, ratio, group_size_fallback, "
+        "from_fp16_ir, npu)"
     )
     assert not (proj / "artifacts").exists()
 
@@ -106,7 +130,7 @@ def test_default_pipeline_end_to_end(tmp_path):
     run = project.dvc(proj, "repro")
     print(run.stdout[-3000:])
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    for variant in params["variants"]:
+    for variant in [name for group in params["variants"].values() for name in group]:
         smoke = json.loads((proj / "metrics" / "smollm2" / variant / "smoke.json").read_text())
         assert smoke["status"] == "passed", (variant, smoke.get("reason"))
         answer = smoke["runs"][0]["prompts"][0]["text"]

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 from huggingface_hub import snapshot_download
 
-from pipeline import package, publish, toolchain
-from pipeline import params as params_mod
+from pipeline.stages import package, publish
 from pipeline.errors import PipelineError
 from tests import project, tinyrelease
 from tests.hubserver import HubServer
@@ -110,43 +108,6 @@ def _git(cwd, *args):
                    capture_output=True)
 
 
-# The dvc.yaml additions proposed for the project (toolchain deps on ir/export, the package stage), applied to the
-# temp project's copy. The package cmd is `aipc package` once pipeline/cli.py has it.
-PACKAGE_STAGE = """
-matrix:
-  model: ${models}
-  variant: ${variants}
-cmd: aipc package ${item.model} ${item.variant}
-deps:
-  - pipeline/package.py
-  - artifacts/${item.model}/source
-  - artifacts/${item.model}/${item.variant}
-  - metrics/${item.model}/${item.variant}/export.json
-  - metrics/${item.model}/${item.variant}/smoke.json
-  - metrics/${item.model}/${item.variant}/quality.json
-params:
-  - models.${item.model}
-  - variants.${item.variant}
-  - quality.thresholds
-  - quality.enforce
-outs:
-  - releases/${item.model}/${item.variant}
-"""
-
-
-def with_release_stages(proj):
-    dvc_yaml = proj / "dvc.yaml"
-    stages = yaml.safe_load(dvc_yaml.read_text())
-    stages["stages"]["ir"]["deps"].append("toolchain/openvino.txt")
-    stages["stages"]["export"]["deps"].append("toolchain/variant/${item.variant}.txt")
-    stage = yaml.safe_load(PACKAGE_STAGE)
-    if "package" not in project.aipc(proj, "--help").stdout:  # cli.py not wired yet
-        stage["cmd"] = "python -m pipeline.package ${item.model} ${item.variant}"
-    stages["stages"]["package"] = stage
-    dvc_yaml.write_text(yaml.safe_dump(stages, sort_keys=False))
-    toolchain.write(proj, params_mod.load(proj / "params.yaml").variants)
-
-
 def test_dvc_remote_push_clone_pull_is_up_to_date(tmp_path, tiny_model):
     """The offline model-prep path: build and package, push to a DVC remote, clone the project fresh, pull, and
     nothing is left to rerun; the pulled release verifies against its manifest."""
@@ -154,10 +115,9 @@ def test_dvc_remote_push_clone_pull_is_up_to_date(tmp_path, tiny_model):
 
     params = _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ort-cpu-int4"])
     proj = project.make(tmp_path / "site", params)
-    with_release_stages(proj)
     remote = tmp_path / "remote"
     project.dvc(proj, "remote", "add", "-d", "local", str(remote))
-    target = "package@mini-ort-cpu-int4"
+    target = "onnx_genai-package@mini-ort-cpu-int4"
     project.dvc(proj, "repro", target)
     package.verify(proj / "releases/mini/ort-cpu-int4")
     publish.dvc_push(proj, "local")  # what `aipc publish --dvc-remote local` runs

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline import fsutil, quality, reference, report
+from pipeline import fsutil
+from pipeline.stages import quality, reference, report
 from pipeline.backends import openvino as ov_backend
 from pipeline.errors import PipelineError
-from pipeline.params import OpenVINOVariant
-from pipeline.quality import QualityParams, Thresholds
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.params import Prompt, SmokeParams, QualityParams, Thresholds
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -23,6 +24,7 @@ FP16 = OpenVINOVariant(backend="openvino", weight_format="fp16")
 INT4 = OpenVINOVariant(backend="openvino", weight_format="int4", group_size=128, ratio=0.6, sym=True)  # as shipped
 TOP_K, LONG, MAX_NEW = 32, 300, 8
 BROKEN_LAYER = "down_proj"  # first MLP output projection: scaled x3 below
+SMOKE = SmokeParams(prompts=[Prompt(text="Hi")])
 GATE = QualityParams(
     top_k=TOP_K,
     long_sequence_tokens=LONG,
@@ -65,7 +67,7 @@ def artifacts(tiny_model, tmp_path_factory) -> dict:
     made = {}
     for name, variant in (("ov-fp16", FP16), ("ov-int4", INT4)):
         made[name] = _empty(base / name)
-        ov_backend.export(tiny_model, variant, made[name], ir_fp16=ir)
+        ov_backend.export(tiny_model, variant, made[name], ir_fp16=ir, smoke=SMOKE)
     made["ov-broken"] = base / "ov-broken"
     _break(made["ov-fp16"], made["ov-broken"])
     return made
@@ -222,22 +224,12 @@ def test_stages_through_the_layout(tiny_model, artifacts, tmp_path, monkeypatch)
     shutil.copytree(artifacts["ov-int4"], layout.artifact("tiny", "ov-int4"))
     fsutil.write_manifest(layout.artifact("tiny", "ov-int4"))
     params = SimpleNamespace(quality=GATE.model_copy(update={"long_sequence_tokens": 0}), variants={"ov-int4": INT4})
-    reference.stage(params, "tiny", layout)
-    rec = quality.stage(params, "tiny", "ov-int4", layout)
-    assert rec["stage"] == "quality@tiny-ov-int4" and [s["name"] for s in rec["sequences"]][-1] == "text"
-    table, misses = report.stage(params, tmp_path)
+    reference.stage(params, layout, "tiny")
+    rec = quality.stage(params, layout, "tiny", "ov-int4")
+    assert rec["stage"] == "openvino-quality@tiny-ov-int4" and [s["name"] for s in rec["sequences"]][-1] == "text"
+    table, misses = report.stage(params, layout)
     assert misses == [] and "tiny/ov-int4" in table
     assert layout.metrics("tiny", "ov-int4", "quality").is_file() and (tmp_path / report.REPORT).is_file()
-
-
-def test_params_can_import_quality_params():
-    """pipeline/params.py takes QualityParams from pipeline/quality.py: that import must not cycle back."""
-    import subprocess
-    import sys
-
-    code = "import sys, pipeline.quality, pipeline.report; assert 'pipeline.params' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-
 
 
 def test_thresholds_by_variant_name_win_over_the_family(metrics_root):

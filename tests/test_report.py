@@ -9,9 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import fsutil, report
-from pipeline.params import OnnxGenaiVariant, OpenVINOVariant
-from pipeline.quality import QualityParams, Thresholds
+from pipeline import fsutil
+from pipeline.layout import Layout
+from pipeline.stages import report
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.params import QualityParams, Thresholds
 from tests.conftest import ROOT
 
 FP16 = OpenVINOVariant(backend="openvino", weight_format="fp16")
@@ -79,7 +82,7 @@ def test_decode_speed_names_the_fallback():
 
 def test_html_page_and_charts(project):
     pytest.importorskip("matplotlib")
-    table, misses = report.stage(SimpleNamespace(quality=GATE, variants=VARIANTS), project)
+    table, misses = report.stage(SimpleNamespace(quality=GATE, variants=VARIANTS), Layout(project))
     reports = project / "reports"
     page = (reports / "index.html").read_text()
     for name in VARIANTS:
@@ -98,7 +101,7 @@ def test_html_is_written_before_the_gate_fails(project):
     pytest.importorskip("matplotlib")
     strict = QualityParams(thresholds={"int4": Thresholds(max_kl=0.4)})
     with pytest.raises(report.PipelineError, match="tiny/ort-cpu-int4: kl"):
-        report.stage(SimpleNamespace(quality=strict, variants=VARIANTS), project)
+        report.stage(SimpleNamespace(quality=strict, variants=VARIANTS), Layout(project))
     page = (project / "reports" / "index.html").read_text()
     assert "1 threshold miss(es)" in page and 'class="miss"' in page
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import fetch, fsutil
+from pipeline import fsutil
+from pipeline.stages import fetch
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
 from pipeline.sources import embedded

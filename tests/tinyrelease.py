@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import fsutil, package
+from pipeline import fsutil
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.stages import package
 
-OV_INT4 = {"backend": "openvino", "weight_format": "int4", "sym": True, "group_size": 128, "ratio": 0.6,
-           "group_size_fallback": "adjust", "from_fp16_ir": True, "npu": False}
+OV_INT4 = OpenVINOVariant(weight_format="int4", sym=True, group_size=128, ratio=0.6)
 VERSIONS = {"python": "3.11.7", "platform": "Linux-x86_64", "openvino": "2026.4.1", "nncf": "3.4.0"}
 
 

@@ -1,19 +1,31 @@
-"""One module per runtime family, each with the same small interface:
+"""The backends: one package per runtime family, each owning everything about itself behind the same interface.
 
-    export(source: Path, variant, out: Path, *, ir_fp16: Path | None) -> dict
+A backend package `pipeline/backends/<name>/` exposes:
+
+    NAME, Variant          its name (params.yaml `variants: <name>:`) and its variant's params model, whose
+                           `family` (fp16, int8, int4, ...) picks the quality thresholds
+    NEEDS_IR               whether its exports read the model's FP16 OpenVINO IR (stage `ir`)
+    lock_lines()           `name==version` lines of what its exports import (toolchain/<name>.txt)
+    export(source, variant, out, *, ir_fp16, smoke) -> dict
         Write the artifact into `out` (an empty staging dir; the caller renames it into place) and return a
-        JSON-able record of what was done (options, fallbacks taken, weight precisions found on read-back).
-    smoke(artifact: Path, variant, smoke: SmokeParams, source: Path) -> dict
+        JSON-able record of what was done (options, fallbacks taken, weight precisions found on read-back, and
+        `files`: relative path -> bytes).
+    smoke(artifact, variant, smoke, source) -> dict
         Load the artifact with its own runtime, generate for each chat prompt, check tokenizer parity against the
-        source tokenizer, and return the record described in pipeline/smoke.py. Never raises for a failed run:
-        a failure is a record with status "failed" and its reason.
-    logits(artifact: Path, variant, input_ids: Sequence[int]) -> np.ndarray
+        source tokenizer, and return the record described in pipeline/stages/smoke.py. Never raises for a failed
+        run: a failure is a record with status "failed" and its reason.
+    logits(artifact, variant, input_ids) -> np.ndarray
         Teacher-forced logits, shape [len(input_ids), vocab], float32, from the artifact's own runtime.
-    logits_many(artifact: Path, variant, sequences) -> list[np.ndarray]   (optional)
+    logits_many(artifact, variant, sequences) -> list[np.ndarray]   (optional)
         logits() of several sequences at once, where the runtime has a fixed cost per call worth sharing.
-    generate(artifact: Path, variant, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]
+    generate(artifact, variant, prompts, max_new_tokens) -> list[list[int]]
         Greedy new ids for each tokenized prompt (no chat template applied: the ids are the prompt), from the same
         runtime and settings as logits(); stops at the artifact's eos ids.
+    card                   LIBRARY and RUNTIME names, tags(variant), upstream(src, dst, variant) (the upstream
+                           command that makes the same artifact) and usage(repo, variant), for the model card
+
+Adding a backend is a new package and one line in BACKENDS. Heavy libraries (optimum, nncf, onnxruntime-genai, torch)
+are imported inside the functions that use them, so importing a backend is cheap.
 """
 
 from __future__ import annotations
@@ -21,15 +33,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from pipeline.params import NpuLibraryVariant, OnnxGenaiVariant, OpenVINOVariant
-
-_MODULES = {
-    "openvino": "pipeline.backends.openvino",
-    "onnx_genai": "pipeline.backends.onnx_genai",
-    "npu_library": "pipeline.backends.npu_library",
-}
+BACKENDS = ("openvino", "onnx_genai", "npu_library")
 
 
-def get(variant: OpenVINOVariant | OnnxGenaiVariant | NpuLibraryVariant) -> ModuleType:
-    # Imported on demand: optimum-intel alone costs ~12 s and ~1 GB, which an ORT stage should not pay.
-    return importlib.import_module(_MODULES[variant.backend])
+def get(name: str) -> ModuleType:
+    if name not in BACKENDS:
+        raise KeyError(f"no backend {name!r} (backends: {', '.join(BACKENDS)})")
+    return importlib.import_module(f"pipeline.backends.{name}")

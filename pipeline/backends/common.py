@@ -1,11 +1,13 @@
-"""What every backend's smoke run shares: the chat prompt as the source tokenizer renders it, and tokenizer parity."""
+"""What every backend shares: the chat prompt as the source tokenizer renders it, tokenizer parity, the smoke
+record's shape, one-line errors, and the export record's file list and versions."""
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 
@@ -85,6 +87,48 @@ def one_line(e: BaseException) -> str:
 
 def versions(*packages: str) -> dict[str, str]:
     return {name: version(name) for name in packages}
+
+
+def provided(package: str, where: dict[str, str | None], name: str):
+    """A backend package's module __getattr__: `name` from the submodule `where` names (None: the submodule `name`
+    itself), imported on first use."""
+    if name not in where:
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{package}.{where[name] or name}")
+    return module if where[name] is None else getattr(module, name)
+
+
+def installed(packages: Sequence[str]) -> list[str]:
+    """`name==version` of each package as installed, sorted; the local label dropped (torch 2.13.0+cpu and a CUDA
+    2.13.0 trace the same graphs); `# name: not installed` where it is absent."""
+    lines = []
+    for name in sorted(packages):
+        try:
+            lines.append(f"{name}=={version(name).split('+', 1)[0]}")
+        except PackageNotFoundError:
+            lines.append(f"# {name}: not installed")
+    return lines
+
+
+def files_record(root: Path) -> dict[str, int]:
+    """Every file an export wrote (relative posix path -> bytes): the `files` of each backend's export record."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def prompt_record(prompt, text: str, *, prompt_tokens: int | None, new_tokens: int, ttft_ms: float | None,
+                  tokens_per_s: float | None) -> dict:
+    """One smoke prompt's answer and speed, as every backend records it (`prompt` is a params Prompt)."""
+    return {
+        "prompt": prompt.text,
+        "text": text,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "ttft_ms": None if ttft_ms is None else round(ttft_ms, 2),
+        "tokens_per_s": None if tokens_per_s is None else round(tokens_per_s, 2),
+        "expect": prompt.expect,
+        "contains_expect": None if prompt.expect is None else prompt.expect in text,
+    }
 
 
 def concluded(record: dict, error: BaseException | None = None) -> dict:

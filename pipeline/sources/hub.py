@@ -10,11 +10,11 @@ cache blob: the sha256 for LFS files (the weights), the git blob sha1 for small 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.fsutil import git_blob_sha1
 from pipeline.params import ModelParams
 from pipeline.sources import local
 
@@ -69,11 +69,6 @@ def _remote_files(repo: str, commit: str) -> list[str]:
         return []
 
 
-def _git_blob_sha1(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _verify_blobs(snapshot: Path, dest: Path, hashes: dict[str, str], where: str) -> list[str]:
     """Check each copied file against its cache blob's name; returns the files that could not be checked."""
     unchecked = []
@@ -83,7 +78,7 @@ def _verify_blobs(snapshot: Path, dest: Path, hashes: dict[str, str], where: str
         if not link.is_symlink() or len(blob.name) not in (40, 64):
             unchecked.append(name)  # a cache without symlinks (e.g. Windows without developer mode) keeps no blob names
             continue
-        algo, actual = ("sha256", sha256) if len(blob.name) == 64 else ("git sha1", _git_blob_sha1(dest / name))
+        algo, actual = ("sha256", sha256) if len(blob.name) == 64 else ("git sha1", git_blob_sha1(dest / name))
         if actual != blob.name:
             raise PipelineError(
                 f"{where}/{name}: {algo} mismatch: HF cache blob {blob.name[:12]}… holds content {actual[:12]}…; "

@@ -1,0 +1,105 @@
+"""ONNX Runtime GenAI export: onnxruntime-genai's model builder turns the checkpoint into an ONNX model with its
+genai_config.json and tokenizer files. Every export is read back (readback.py) and fails if the graph is not the
+precision the variant promises."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backends.common import files_record, one_line, versions
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.backends.onnx_genai.readback import check_graph, read_back
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.params import SmokeParams
+
+BUILDER_CACHE = ".builder-cache"  # inside the staging dir, removed before the caller renames it into place
+
+
+def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
+    """The builder's --extra_options for a variant.
+
+    The key names are the ones onnxruntime-genai 0.18 reads (QuantConfig.from_extra_options in
+    onnxruntime_genai/models/quantization/quant_config.py). Its --help still lists `int4_`-prefixed aliases
+    (int4_block_size, int4_accuracy_level), but nothing reads them: they are silently ignored (checked: block 32).
+    """
+    options = {"hf_token": "false"}  # a local checkpoint: never look up a hub token
+    if variant.precision in ("int4", "int8"):
+        options["block_size"] = str(variant.block_size)
+        options["is_symmetric"] = str(variant.is_symmetric).lower()
+        if variant.accuracy_level is not None:
+            options["accuracy_level"] = str(variant.accuracy_level)
+    return options
+
+
+def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path | None, smoke: SmokeParams) -> dict:
+    """Run the model builder into `out` (an empty staging dir) and read the graph back. `ir_fp16` and `smoke` are
+    not used: this route builds from the checkpoint itself."""
+    source, out = Path(source), Path(out)
+    if not (source / "config.json").is_file():
+        raise PipelineError(f"{source}: no config.json; the ONNX Runtime GenAI builder needs a checkpoint directory")
+    options = builder_options(variant)
+    start = time.perf_counter()
+    try:
+        _run_builder(source, variant, out, options)
+    finally:
+        shutil.rmtree(out / BUILDER_CACHE, ignore_errors=True)
+    seconds = round(time.perf_counter() - start, 2)
+    graph = read_back(out)
+    check_graph(graph, variant)
+    return {
+        "variant": variant.model_dump(),
+        "method": f"onnxruntime-genai model builder -p {variant.precision} -e {variant.execution_provider}",
+        "extra_options": options,
+        "seconds": seconds,
+        "graph": graph,
+        "files": files_record(out),
+        "versions": versions("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
+    }
+
+
+def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str]) -> None:
+    # In process, through the same two calls its CLI makes (`python -m onnxruntime_genai.models.builder` runs
+    # parse_extra_options, then create_model): the files are byte-identical to the CLI's, an export does not pay
+    # the builder's ~6 s torch/transformers import again in a subprocess, and a failure arrives as an exception
+    # rather than as stderr text. The CLI's --help cannot be used anyway (it crashes on a literal % in its text).
+    from onnxruntime_genai.models import builder
+
+    # The quantizer logs two INFO lines per MatMul (and calls logging.basicConfig when imported); the builder's
+    # own "Reading layer N" lines on stdout are progress enough.
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    args = (None, str(source), str(out), variant.precision, variant.execution_provider, str(out / BUILDER_CACHE))
+    try:
+        with _git_hidden():
+            extra = builder.parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
+            builder.create_model(*args, **extra)
+    except Exception as e:
+        raise PipelineError(
+            f"onnxruntime-genai builder failed on {source} ({variant.precision}, {variant.execution_provider}): "
+            f"{one_line(e)}"
+        ) from e
+
+
+@contextlib.contextmanager
+def _git_hidden() -> Iterator[None]:
+    # The builder stamps model.onnx's producer_version with `git rev-parse HEAD`, run five directories above its
+    # own source (Model.get_genai_commit in builders/base.py). With the venv inside this project's checkout that
+    # is *our* commit, so model.onnx would change with every commit here. With no git repository to find, it
+    # falls back to the wheel's own commit (onnxruntime_genai.__commit__).
+    saved = os.environ.get("GIT_DIR")
+    os.environ["GIT_DIR"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["GIT_DIR"]
+        else:
+            os.environ["GIT_DIR"] = saved

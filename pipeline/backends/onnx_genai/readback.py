@@ -1,0 +1,94 @@
+"""Reading an exported ONNX graph back: operators, MatMulNBits attributes, initializer dtypes and what the LM head
+reads; and the check that it is what the variant promises."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.errors import PipelineError
+
+MODEL_ONNX = "model.onnx"
+FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
+
+
+def read_back(artifact: Path) -> dict:
+    """What the exported graph holds: operator counts, MatMulNBits attributes, initializer dtypes, the LM head."""
+    import onnx
+
+    model = onnx.load(str(Path(artifact) / MODEL_ONNX), load_external_data=False)  # weights stay on disk
+    graph = model.graph
+    initializers = {t.name: onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer}
+    nbits = [
+        {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        | {"zero_points": len(node.input) > 3 and bool(node.input[3])}
+        for node in graph.node
+        if node.op_type == "MatMulNBits"
+    ]
+    producers = {name: node for node in graph.node for name in node.output}
+    head = producers["logits"]
+    feed = producers.get(head.input[0])
+    return {
+        "producer": f"{model.producer_name} {model.producer_version}",
+        "ops": dict(sorted(Counter(node.op_type for node in graph.node).items())),
+        "initializer_dtypes": dict(sorted(Counter(initializers.values()).items())),
+        "matmulnbits": {
+            "count": len(nbits),
+            "bits": sorted({n["bits"] for n in nbits}),
+            "block_size": sorted({n["block_size"] for n in nbits}),
+            # The attribute is left out where it is 0, the builder's default for non-CPU providers.
+            "accuracy_level": sorted({n.get("accuracy_level", 0) for n in nbits}),
+            "asymmetric": sum(n["zero_points"] for n in nbits),
+        },
+        # MatMuls that multiply by a stored weight in floating point, i.e. were not quantized.
+        "float_matmul_weights": sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers),
+        "lm_head": {"op": head.op_type, "name": head.name, "reads": feed.name if feed else head.input[0]},
+    }
+
+
+def check_graph(graph: dict, variant: OnnxGenaiVariant) -> None:
+    """Fail in one line if the read-back graph is not what the variant promises."""
+    nbits = graph["matmulnbits"]
+    floats = {dtype for dtype in graph["initializer_dtypes"] if dtype in FLOAT_TYPES}
+    wanted = f"{variant.precision} variant"
+    # The builder takes any Linear with out_features == vocab_size for the LM head (Model.has_lm_head): with
+    # intermediate_size == vocab_size that is the MLP's gate/up projection it unpacked, and the logits are then
+    # computed from layer 0. The real head reads the final norm.
+    if "final_norm" not in graph["lm_head"]["reads"]:
+        raise PipelineError(
+            f"{MODEL_ONNX}: the LM head ({graph['lm_head']['name']}) reads {graph['lm_head']['reads']!r}, not the "
+            "final norm; the builder took another Linear for the LM head (does intermediate_size equal vocab_size?)"
+        )
+    if variant.precision in ("int4", "int8"):
+        bits = 4 if variant.precision == "int4" else 8
+        if nbits["count"] == 0:
+            raise PipelineError(
+                f"{wanted}, but {MODEL_ONNX} has no MatMulNBits (weights {', '.join(sorted(floats))}): not quantized"
+            )
+        if nbits["bits"] != [bits]:
+            raise PipelineError(f"{wanted}, but {MODEL_ONNX}'s MatMulNBits have bits={nbits['bits']}")
+        if nbits["block_size"] != [variant.block_size]:
+            raise PipelineError(
+                f"{wanted} with block_size {variant.block_size}, but {MODEL_ONNX} has block_size={nbits['block_size']}"
+            )
+        if variant.accuracy_level is not None and nbits["accuracy_level"] != [variant.accuracy_level]:
+            raise PipelineError(
+                f"{wanted} with accuracy_level {variant.accuracy_level}, "
+                f"but {MODEL_ONNX} has accuracy_level={nbits['accuracy_level']}"
+            )
+        if nbits["asymmetric"] != (0 if variant.is_symmetric else nbits["count"]):
+            raise PipelineError(
+                f"{wanted} with is_symmetric {variant.is_symmetric}, but {nbits['asymmetric']} of "
+                f"{nbits['count']} MatMulNBits in {MODEL_ONNX} carry zero points"
+            )
+        if graph["float_matmul_weights"]:
+            raise PipelineError(
+                f"{wanted}, but {graph['float_matmul_weights']} MatMul weights in {MODEL_ONNX} stayed float"
+            )
+    else:
+        dtype = {"fp16": "FLOAT16", "fp32": "FLOAT"}[variant.precision]
+        if nbits["count"]:
+            raise PipelineError(f"{wanted}, but {MODEL_ONNX} has {nbits['count']} quantized MatMulNBits")
+        if floats != {dtype}:
+            raise PipelineError(f"{wanted}, but {MODEL_ONNX}'s float initializers are {', '.join(sorted(floats))}")

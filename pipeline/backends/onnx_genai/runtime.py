@@ -1,0 +1,148 @@
+"""Running an ONNX Runtime GenAI model: the smoke run, teacher-forced logits and greedy answers, all through
+onnxruntime-genai. A variant for an execution provider this machine lacks (DirectML on Linux) still runs: on the CPU
+execution provider, and the record says so."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.backends.common import (
+    chat_text,
+    concluded,
+    prompt_record,
+    tokenizer_parity,
+    versions,
+)
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.backends.onnx_genai.readback import MODEL_ONNX
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.params import Prompt, SmokeParams
+
+# Execution providers other than CPU: the name a user knows, and onnxruntime-genai's probe for it in this build.
+PROVIDERS = {
+    "dml": ("DirectML", "is_dml_available"),
+    "cuda": ("CUDA", "is_cuda_available"),
+    "webgpu": ("WebGPU", "is_webgpu_available"),
+}
+
+
+def _load(artifact: Path, variant: OnnxGenaiVariant):
+    """The model on the variant's execution provider if this machine has it, else on the CPU provider; and the
+    record of that choice."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(artifact))
+    run = {"requested": variant.execution_provider, "device": None, "fallback": None}
+    if variant.execution_provider != "cpu":
+        name, probe = PROVIDERS[variant.execution_provider]
+        if not getattr(og, probe)():
+            # The builder wrote this provider into genai_config.json, and the model does not load without it.
+            # Cleared, the session gets the CPU provider, which has kernels for the int4/fp16 graphs built for
+            # DML (DESIGN.md; fp32-dml does not load). Windows-only wheels carry DirectML (onnxruntime-genai-directml).
+            config.clear_providers()
+            run["fallback"] = f"{name} unavailable on {platform.system()}: CPU execution provider"
+    model = og.Model(config)
+    run["device"] = model.device_type
+    return model, run
+
+
+def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source: Path) -> dict:
+    """Generate greedily for each chat prompt with onnxruntime-genai and check its tokenizer against the source's.
+    Never raises for a failed run: the failure becomes the record's reason."""
+    record = {
+        "status": "failed",
+        "reason": None,
+        "tokenizer_parity": None,
+        "runs": [],
+        "versions": versions("onnxruntime-genai", "onnxruntime"),
+    }
+    try:
+        import onnxruntime_genai as og
+
+        model, run = _load(Path(artifact), variant)
+        record["runs"].append(run)
+        # GenAI's decode drops special tokens by default; parity needs them back to reproduce the chat text.
+        # Its encode never adds BOS, like the source ids taken without special tokens.
+        full = og.Tokenizer(model)
+        full.update_options(skip_special_tokens="false")
+        record["tokenizer_parity"] = tokenizer_parity(source, [p.text for p in smoke.prompts], full.encode, full.decode)
+        tokenizer = og.Tokenizer(model)
+        run["prompts"] = [_generate(model, tokenizer, source, p, smoke.max_new_tokens) for p in smoke.prompts]
+    except Exception as e:
+        return concluded(record, e)
+    return concluded(record)
+
+
+def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: int) -> dict:
+    ids = tokenizer.encode(chat_text(source, prompt.text))
+    new, start, first = _greedy(model, ids, max_new_tokens)
+    end = time.perf_counter()
+    answer = new[:-1] if new and new[-1] in set(tokenizer.eos_token_ids) else new
+    text = tokenizer.decode(np.asarray(answer, dtype=np.int32))
+    return prompt_record(prompt, text, prompt_tokens=len(ids), new_tokens=len(answer),
+                         ttft_ms=(first - start) * 1000 if first else None,
+                         # Decode speed: the tokens after the first, over the time after the first.
+                         tokens_per_s=(len(new) - 1) / (end - first) if len(new) > 1 else None)
+
+
+def _greedy(model, ids, max_new_tokens: int) -> tuple[list[int], float, float | None]:
+    """The new ids; when the prompt went in and when the first new id came out (perf_counter)."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    # Greedy, whatever genai_config.json's search section says; stops early at the eos ids stored there.
+    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    new: list[int] = []
+    first = None
+    while not generator.is_done():
+        generator.generate_next_token()
+        new.append(int(generator.get_next_tokens()[0]))
+        first = first or time.perf_counter()
+    return new, start, first
+
+
+def generate(artifact: Path, variant: OnnxGenaiVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
+             ) -> list[list[int]]:
+    """Greedy new ids for each tokenized prompt, from onnxruntime-genai on the provider logits() uses."""
+    onnx = Path(artifact) / MODEL_ONNX
+    model = _model_for_logits(Path(artifact), variant, onnx.stat().st_mtime_ns)
+    return [_greedy(model, ids, max_new_tokens)[0] for ids in prompts]
+
+
+@functools.lru_cache(maxsize=1)
+def _model_for_logits(artifact: Path, variant: OnnxGenaiVariant, mtime_ns: int):
+    """Loaded once per process for the quality stage's several logits() and generate() calls (mtime in the key: a model rewritten
+    in place is reloaded)."""
+    return _load(artifact, variant)[0]
+
+
+def logits(artifact: Path, variant: OnnxGenaiVariant, input_ids: Sequence[int]) -> np.ndarray:
+    """Teacher-forced logits [len(input_ids), vocab], float32, from onnxruntime-genai on the same provider the
+    smoke run uses."""
+    import onnxruntime_genai as og
+
+    onnx = Path(artifact) / MODEL_ONNX
+    model = _model_for_logits(Path(artifact), variant, onnx.stat().st_mtime_ns)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(input_ids))
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(input_ids, dtype=np.int32))
+    # After append_tokens the prompt pass's "logits" output holds every position ([1, len, vocab]), not just the
+    # last: teacher forcing goes through genai itself, with no separate InferenceSession on model.onnx. (A model
+    # built with prune_lm_head=true would give only the last position; the builder options above never set it.)
+    out = np.asarray(generator.get_output("logits"))[0].astype(np.float32)
+    if out.shape[0] != len(input_ids):
+        raise PipelineError(f"{artifact}: genai returned logits for {out.shape[0]} of {len(input_ids)} positions")
+    return out

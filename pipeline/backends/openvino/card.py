@@ -1,0 +1,42 @@
+"""What a release of an OpenVINO IR says about itself: its hub library and tags, the upstream command that makes the
+same artifact, and how to run it."""
+
+from __future__ import annotations
+
+from pipeline.backends.openvino.params import OpenVINOVariant
+
+LIBRARY = "openvino"  # huggingface.co's library name (huggingface.js model-libraries)
+RUNTIME = "openvino-genai"
+
+
+def tags(variant: OpenVINOVariant) -> list[str]:
+    return ["npu"] if variant.npu else []
+
+
+def upstream(src: str, dst: str, variant: OpenVINOVariant) -> str:
+    flags = [f"--weight-format {variant.weight_format}"]
+    if variant.weight_format != "fp16":
+        if variant.weight_format == "int4":
+            flags += [f"--group-size {variant.group_size}", f"--ratio {variant.ratio}",
+                      f"--group-size-fallback {variant.group_size_fallback}"]
+        flags.append("--sym" if variant.sym else "")
+    cmd = f"optimum-cli export openvino --model {src} --task text-generation-with-past {' '.join(f for f in flags if f)} {dst}"
+    if variant.weight_format != "fp16" and variant.from_fp16_ir:
+        cmd += ("\n# (the pipeline compresses its FP16 IR with nncf.compress_weights instead: same per-layer "
+                "precisions, a few codes differ)")
+    return cmd
+
+
+def usage(repo: str, variant: OpenVINOVariant) -> str:
+    device = "NPU" if variant.npu else "CPU"  # "GPU" for the iGPU
+    return f"""```sh
+pip install openvino-genai huggingface_hub
+```
+
+```python
+import huggingface_hub, openvino_genai
+
+path = huggingface_hub.snapshot_download("{repo}")
+pipe = openvino_genai.LLMPipeline(path, "{device}")
+print(pipe.generate("What is the capital of France?", max_new_tokens=32))
+```"""

@@ -1,0 +1,210 @@
+"""OpenVINO export: optimum-intel traces the checkpoint into an FP16 IR (with tokenizer and detokenizer IRs), NNCF
+compresses its weights.
+
+The FP16 IR is made once per model (`export_ir`); every int4/int8 variant is derived from it by NNCF in seconds
+(measured on the tiny models: the same per-layer precisions and groups as re-tracing with optimum, logit cosine
+0.9999 between the two, 0.6-2 s instead of 5-6 s; DESIGN.md: 15 s vs 35 s on full-width layers). Every export is
+read back (readback.py) and fails if the weights on disk are not the precision the variant promises.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backends.common import files_record, one_line, versions
+from pipeline.backends.openvino import npu
+from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
+from pipeline.errors import PipelineError
+from pipeline.fsutil import MANIFEST
+
+if TYPE_CHECKING:
+    from pipeline.params import SmokeParams
+
+TASK = "text-generation-with-past"
+MODEL_BIN = "openvino_model.bin"
+TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
+
+
+def export_ir(source: Path, out: Path) -> dict:
+    """The checkpoint's FP16 IR plus tokenizer/detokenizer IRs in `out` (an empty staging dir)."""
+    from optimum.intel import OVConfig
+
+    start = time.perf_counter()
+    # An OVConfig with a dtype also keeps optimum from applying its own int8 default to models over 1B parameters.
+    try:
+        _optimum_export(source, out, OVConfig(dtype="fp16"))
+    except Exception as e:
+        raise PipelineError(f"optimum-intel could not export {source} to OpenVINO: {one_line(e)}") from e
+    _require_tokenizer_irs(Path(out))
+    return {
+        "files": files_record(out),
+        "seconds": round(time.perf_counter() - start, 2),
+        "versions": versions("optimum-intel", "openvino", "openvino-tokenizers", "transformers", "torch"),
+    }
+
+
+def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path | None, smoke: SmokeParams) -> dict:
+    """Write the variant's IR into `out` and return what was done and which weight precisions it holds. NPU
+    variants also pass the NPU pre-flight (with the static prompt/response limits of `smoke`) and, where an NPU
+    exists, get a compiled blob."""
+    out = Path(out)
+    start = time.perf_counter()
+    if variant.weight_format == "fp16":
+        if ir_fp16 is None:
+            export_ir(source, out)
+            method = "optimum-intel export, fp16"
+        else:
+            shutil.copytree(ir_fp16, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
+            method = "copy of the FP16 IR"
+    elif variant.from_fp16_ir:
+        if ir_fp16 is None:
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp16-") as tmp:
+                export_ir(source, Path(tmp))
+                _compress_ir(Path(tmp), variant, out)
+        else:
+            _compress_ir(Path(ir_fp16), variant, out)
+        method = "NNCF compress_weights on the FP16 IR"
+    else:
+        _retrace(source, variant, out)
+        method = "optimum-intel export with weight quantization (re-traced from the checkpoint)"
+    _require_tokenizer_irs(out)
+    weights = weight_precisions(out / MODEL_XML, variant)
+    npu_record = {}
+    if variant.npu:
+        limits = smoke.npu_max_prompt_len, smoke.npu_min_response_len
+        npu_record["npu_preflight"] = npu.preflight(out, *limits)
+        npu_record["npu_blob"] = npu.compile_blob(out, *limits)
+    return {
+        "variant": variant.model_dump(),
+        "method": method,
+        "seconds": round(time.perf_counter() - start, 2),
+        "weights": weights,
+        **npu_record,
+        "files": files_record(out),
+        "versions": versions("optimum-intel", "nncf", "openvino", "openvino-tokenizers", "transformers"),
+    }
+
+
+def _nncf_options(variant: OpenVINOVariant) -> dict:
+    import nncf
+
+    if variant.weight_format == "int8":
+        # As `optimum-cli ... --weight-format int8` does: channel-wise, every layer, so group_size/ratio don't apply.
+        mode = nncf.CompressWeightsMode.INT8_SYM if variant.sym else nncf.CompressWeightsMode.INT8_ASYM
+        return {"mode": mode, "ratio": 1.0, "group_size": -1}
+    mode = nncf.CompressWeightsMode.INT4_SYM if variant.sym else nncf.CompressWeightsMode.INT4_ASYM
+    return {
+        "mode": mode,
+        "ratio": variant.ratio,
+        "group_size": variant.group_size,
+        "advanced_parameters": nncf.AdvancedCompressionParameters(
+            group_size_fallback_mode=nncf.GroupSizeFallbackMode(variant.group_size_fallback)
+        ),
+    }
+
+
+def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path) -> None:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(ir_fp16 / MODEL_XML)
+    try:
+        compressed = nncf.compress_weights(model, **_nncf_options(variant))
+    except nncf.InvalidGroupSizeError as e:
+        raise _group_size_error(variant, e) from None
+    # The FP16 IR asks the CPU plugin for an f16 KV cache (runtime_options.KV_CACHE_PRECISION); optimum removes
+    # that flag from every weight-compressed model so the plugin picks its own (smaller) KV-cache precision, and an
+    # int4 CLI export never has it. Remove it too, so this IR runs like the CLI's.
+    if compressed.has_rt_info(["runtime_options", "KV_CACHE_PRECISION"]):
+        options = compressed.get_rt_info("runtime_options").value
+        options.pop("KV_CACHE_PRECISION")
+        compressed.set_rt_info(options, "runtime_options")
+    # compress_to_fp16=False, as optimum saves compressed models: the default (True) would only touch the remaining
+    # f32 constants, never the int4/int8 weights. The one difference from a CLI int4 export that remains: small
+    # non-weight constants (rotary inv_freq) stay f16 as the FP16 IR stored them, where the CLI keeps f32.
+    ov.save_model(compressed, out / MODEL_XML, compress_to_fp16=False)
+    # Tokenizer IRs, configs, tokenizer files, chat template: everything optimum wrote beside the model.
+    for path in ir_fp16.iterdir():
+        if path.name not in (MODEL_XML, MODEL_BIN, MANIFEST):
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, out / path.name)
+
+
+def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
+    import nncf
+    from optimum.exporters.openvino.__main__ import _main_quantize
+    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+
+    int8 = variant.weight_format == "int8"
+    # The explicit flags of `optimum-cli export openvino --weight-format int4 --group-size G --ratio R --sym
+    # --group-size-fallback F`. Never leave them out: with none given, the CLI picks optimum's built-in per-model
+    # recipe (for Phi-3: asym g64 with a wikitext2 dataset it tries to download).
+    config = OVWeightQuantizationConfig(
+        bits=8 if int8 else 4,
+        sym=variant.sym,
+        group_size=-1 if int8 else variant.group_size,
+        ratio=1.0 if int8 else variant.ratio,
+        group_size_fallback=None if int8 else variant.group_size_fallback,
+    )
+    # The CLI's two steps: main_export traces (float weights, since quantization is deferred when a config is
+    # given), then _main_quantize compresses in place. Measured byte-identical to the CLI's files.
+    try:
+        _optimum_export(source, out, OVConfig(quantization_config=config))
+        _main_quantize(
+            model_name_or_path=str(source),
+            task=TASK,
+            library_name="transformers",
+            quantization_config=config,
+            output=Path(out),
+            cache_dir=None,
+            trust_remote_code=False,
+        )
+    except nncf.InvalidGroupSizeError as e:
+        raise _group_size_error(variant, e) from None
+    except Exception as e:
+        raise PipelineError(
+            f"optimum-intel could not export {source} as {variant.weight_format}: {one_line(e)}"
+        ) from e
+
+
+def _optimum_export(source: Path, out: Path, ov_config) -> None:
+    """Exactly what `optimum-cli export openvino --task text-generation-with-past` passes to main_export
+    (optimum/commands/export/openvino.py); the files are byte-identical to the CLI's. Never trust_remote_code:
+    Phi-3 is native in transformers, and configs with `auto_map` but no code fail with it."""
+    from optimum.exporters.openvino import main_export
+
+    main_export(
+        model_name_or_path=str(source),
+        output=out,
+        task=TASK,
+        framework="pt",
+        trust_remote_code=False,
+        ov_config=ov_config,
+        stateful=True,
+        convert_tokenizer=True,
+        library_name="transformers",
+    )
+
+
+def _group_size_error(variant: OpenVINOVariant, e: Exception) -> PipelineError:
+    # NNCF lists every failing node on a line of its own: '"<name>" (channel size: 192)'.
+    failed = re.findall(r'"([^"]+)" \(channel size: (\d+)\)', str(e))
+    where = f"{len(failed)} layers, e.g. {failed[0][0]} ({failed[0][1]} channels)" if failed else one_line(e)
+    return PipelineError(
+        f"group size {variant.group_size} does not divide the input channels of {where}; "
+        "set group_size_fallback: adjust (or ignore), or another group_size"
+    )
+
+
+def _require_tokenizer_irs(ir: Path) -> None:
+    # optimum only logs a warning when tokenizer conversion fails; GenAI cannot load a model dir without them.
+    missing = [name for name in TOKENIZER_IRS if not (ir / name).is_file()]
+    if missing:
+        raise PipelineError(f"{ir}: no {', '.join(missing)} (openvino-tokenizers could not convert the tokenizer)")
+
+

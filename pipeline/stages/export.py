@@ -1,0 +1,30 @@
+"""Stage `<backend>-export@<model>-<variant>`: build one artifact from the fetched checkpoint (and, for OpenVINO, the
+model's FP16 IR)."""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline import backends, fsutil
+from pipeline.layout import IR_FP16, SOURCE, Layout
+from pipeline.params import Params
+from pipeline.record import measured
+
+
+def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict:
+    variant = params.variants[variant_name]
+    backend = backends.get(variant.backend)
+    source = layout.artifact(model, SOURCE)
+    fsutil.verify_manifest(source)
+    ir = layout.artifact(model, IR_FP16) if backend.NEEDS_IR else None
+    if ir is not None:
+        fsutil.verify_manifest(ir)
+    out = layout.artifact(model, variant_name)
+    with measured(f"{variant.backend}-export@{model}-{variant_name}") as rec:
+        print(f"[export] {model}-{variant_name} ({variant.backend}) -> {out}", file=sys.stderr)
+        rec["variant"] = variant.model_dump()
+        with fsutil.staged_dir(out) as tmp:
+            rec["export"] = backend.export(source, variant, tmp, ir_fp16=ir, smoke=params.smoke)
+            fsutil.write_manifest(tmp)
+    fsutil.write_json(layout.metrics(model, variant_name, "export"), rec)
+    return rec

@@ -1,0 +1,166 @@
+"""Stage `reference@<model>`: what the FP32 PyTorch checkpoint says about the eval set, for `quality` to compare with.
+
+artifacts/<model>/reference/ holds
+  reference.json   the eval set as run: each sequence's name, kind, length; each chat prompt's greedy answer
+                   (ids and text); the eval text's perplexity; top_k; the eos ids the answers stop at.
+  logits.npz       per sequence `<name>.ids` (int32 [n]), `<name>.topk_ids` (int32 [n, k], best first),
+                   `<name>.topk_logprobs` (fp32 [n, k]) and `<name>.lse` (fp32 [n], logsumexp of the full row);
+                   a top-k logit is `topk_logprobs + lse`.
+
+Sequences (all teacher-forced): `chat-<i>`, the templated prompt followed by the reference's own greedy answer (so
+the answer positions are scored too); `text`, the eval text; `long`, the eval text's tokens repeated up to
+`long_sequence_tokens` (where long-context bugs show: rope scaling, sliding windows, KV-cache growth).
+
+Why top-k and not the full rows: Phi-3's vocabulary is 32064, so a 2k-token sequence is 128 MB of fp16 logits,
+while k=64 log-probabilities + ids + one logsumexp is 1.2 MB. fp32, not fp16: fp16 log-probabilities (error up to
+1e-3 at -2..-4) put a noise floor of ~1e-3 under KL (measured in tests/test_quality.py), above what an fp16 artifact
+scores, to save 0.3 MB. The logsumexp gives the logits back (logprob + lse), and 1 - sum(top-k probabilities) is
+the reference's tail mass, which is what KL over "top-k + one tail bucket" needs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline import fsutil
+from pipeline.backends.common import chat_text, source_ids, source_tokenizer, until_eos
+from pipeline.errors import PipelineError
+from pipeline.record import measured
+
+REFERENCE_JSON = "reference.json"
+LOGITS_NPZ = "logits.npz"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    prompts: list[str]
+    text: str
+
+
+def load_evalset(path: Path) -> EvalSet:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise PipelineError(f"{path}: cannot read the eval set: {str(e).splitlines()[0]}") from None
+    prompts, text = (raw or {}).get("prompts"), (raw or {}).get("text")
+    if not prompts or not all(isinstance(p, str) and p for p in prompts) or not isinstance(text, str) or not text:
+        raise PipelineError(f"{path}: the eval set needs `prompts` (a list of strings) and `text` (a string)")
+    return EvalSet(prompts=list(prompts), text=text)
+
+
+def long_ids(text_ids: list[int], length: int) -> list[int]:
+    """The eval text's tokens repeated (whole copies, then a cut) to exactly `length` tokens."""
+    reps = -(-length // len(text_ids))
+    return (text_ids * reps)[:length]
+
+
+def eos_ids(source: Path) -> list[int]:
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(source).eos_token_id
+    except OSError:
+        eos = None
+    if eos is None:
+        eos = source_tokenizer(Path(source)).eos_token_id
+    return sorted({eos} if isinstance(eos, int) else set(eos or []))
+
+
+def run(
+    source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int
+) -> dict:
+    """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = Path(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    eos = eos_ids(source)
+    sequences: list[tuple[str, str, list[int], dict]] = []  # name, kind, ids, extra record
+    with torch.no_grad():
+        for i, prompt in enumerate(evalset.prompts):
+            prompt_ids = source_ids(source, chat_text(source, prompt))
+            gen = model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos or None,
+                pad_token_id=(eos or [0])[0],
+            )[0, len(prompt_ids):].tolist()
+            answer = until_eos(gen, eos)  # the eos stays: the artifact must predict it too
+            sequences.append((f"chat-{i}", "chat", prompt_ids + answer, {
+                "prompt": prompt,
+                "prompt_len": len(prompt_ids),
+                "answer_ids": answer,
+                "answer": source_tokenizer(source).decode(answer, skip_special_tokens=True),
+            }))
+        text_ids = source_ids(source, evalset.text)
+        if len(text_ids) < 2:
+            raise PipelineError("the eval text is shorter than two tokens; perplexity needs more")
+        sequences.append(("text", "text", text_ids, {}))
+        if long_sequence_tokens:
+            sequences.append(("long", "text", long_ids(text_ids, long_sequence_tokens), {}))
+
+        arrays: dict[str, np.ndarray] = {}
+        records = []
+        for name, kind, ids, extra in sequences:
+            print(f"[reference] {name}: {len(ids)} tokens", file=sys.stderr)
+            logits = model(torch.tensor([ids])).logits[0].float()
+            values, indices = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
+            lse = torch.logsumexp(logits, dim=-1)
+            arrays[f"{name}.ids"] = np.asarray(ids, dtype=np.int32)
+            arrays[f"{name}.topk_ids"] = indices.numpy().astype(np.int32)
+            arrays[f"{name}.topk_logprobs"] = (values - lse[:, None]).numpy().astype(np.float32)
+            arrays[f"{name}.lse"] = lse.numpy().astype(np.float32)
+            rec = {"name": name, "kind": kind, "len": len(ids), **extra}
+            if kind == "text":
+                rec["ppl"] = perplexity(logits.numpy(), ids)
+            records.append(rec)
+
+    ref = {"top_k": top_k, "eos_ids": eos, "vocab": int(logits.shape[-1]), "max_new_tokens": max_new_tokens,
+           "sequences": records}
+    with fsutil.staged_dir(Path(out)) as tmp:
+        np.savez_compressed(tmp / LOGITS_NPZ, **arrays)
+        fsutil.write_json(tmp / REFERENCE_JSON, ref)
+        fsutil.write_manifest(tmp)
+    return ref
+
+
+def load(reference_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    reference_dir = Path(reference_dir)
+    fsutil.verify_manifest(reference_dir)
+    ref = json.loads((reference_dir / REFERENCE_JSON).read_text())
+    with np.load(reference_dir / LOGITS_NPZ) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return ref, arrays
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    """exp(mean negative log-likelihood of each next token), from full logits [len, vocab]."""
+    logits = np.asarray(logits, dtype=np.float64)[:-1]
+    m = logits.max(-1, keepdims=True)
+    lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1)))
+    nll = lse - logits[np.arange(len(logits)), np.asarray(ids[1:])]
+    return float(np.exp(nll.mean()))
+
+
+def stage(params, layout, model: str) -> dict:
+    """`aipc reference <model>`: reads params.quality (evalset, max_new_tokens, top_k, long_sequence_tokens)."""
+    from pipeline.layout import SOURCE
+
+    q = params.quality
+    source = layout.artifact(model, SOURCE)
+    with measured(f"reference@{model}") as rec:
+        ref = run(source, load_evalset(Path(q.evalset)), layout.artifact(model, "reference"),
+                  max_new_tokens=q.max_new_tokens, top_k=q.top_k, long_sequence_tokens=q.long_sequence_tokens)
+        rec["sequences"] = [{k: s[k] for k in ("name", "len") if k in s} for s in ref["sequences"]]
+    fsutil.write_json(layout.metrics(model, "reference", "reference"), rec)
+    return rec

@@ -1,0 +1,194 @@
+"""Stage `report`: one table of every artifact's quality (variant x metric), and the gate.
+
+Reads every metrics/<model>/<variant>/quality.json, checks its `gate` numbers against the thresholds of the
+variant (by name, else its precision family) (quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails
+naming every variant and metric that missed, unless quality.enforce is false (then the misses are only listed).
+The family comes from the variant's params as they are now, so changing a threshold re-gates without re-measuring.
+The report is not under metrics/: the stage depends on that whole directory (which is how DVC orders it after every
+quality stage), and DVC refuses a stage whose output lies inside its own dependency.
+
+Each row also carries the artifact's performance, read from the metrics its other stages wrote: time to first token
+and decode tokens/s of its first smoke run on CPU (the device is recorded beside them), peak RSS of smoke and
+quality, bytes on disk, and the export stage's wall time and peak RSS. `exports` lists every export stage of the
+model (ir-fp16 included). The same rows feed reports/plots.json (for `dvc plots`) and reports/index.html with its
+PNG charts (pipeline/html_report.py), which are written before the gate raises, so a failing run still explains
+itself.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipeline import fsutil
+from pipeline.errors import PipelineError
+from pipeline.gate import limits_for, misses
+from pipeline.params import QualityParams
+
+REPORT = "reports/quality.json"
+PLOTS = "reports/plots.json"
+HTML = "reports/index.html"
+# The file(s) that hold an artifact's weights: what one decoded token reads (bench/bandwidth.py).
+WEIGHT_FILES = ("openvino_model.bin", "model.onnx.data", "model.onnx")
+COLUMNS = [("cosine", "{:.5f}"), ("top1", "{:.3f}"), ("kl", "{:.2e}"), ("ppl_ratio", "{:.4f}"),
+           ("similarity", "{:.3f}"), ("answers_identical", "{:.2f}")]
+
+
+def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path, *,
+        artifacts_root: Path | None = None, plots: Path | None = None, html: Path | None = None
+        ) -> tuple[str, list[str]]:
+    """Return (table, misses) and write them to `out` (JSON); raise PipelineError on any miss if quality.enforce.
+
+    `artifacts_root` (default: beside `metrics_root`) is read for bytes on disk; `plots` and `html`, when given, are
+    where the dvc-plots rows and the HTML page (with its PNGs beside it) go.
+    """
+    metrics_root = Path(metrics_root)
+    artifacts_root = Path(artifacts_root) if artifacts_root else metrics_root.parent / "artifacts"
+    paths = sorted(metrics_root.glob("*/*/quality.json"))
+    if not paths:
+        raise PipelineError(f"{metrics_root}: no */*/quality.json to report on; run the quality stages first")
+    rows, failures = [], []
+    for path in paths:
+        model, name = path.parent.parent.name, path.parent.name
+        if name not in variants:  # left over from a variant since removed from params.yaml
+            continue
+        rec = json.loads(path.read_text())
+        fam = variants[name].family
+        limits = limits_for(quality, name, variants[name])
+        missed = misses(rec["gate"], limits)
+        failures += [f"{model}/{name}: {m}" for m in missed]
+        status = "ungated" if limits is None else "MISS" if missed else "ok"
+        rows.append({"model": model, "variant": name, "family": fam, **rec["gate"], "status": status,
+                     "misses": missed, **performance(path.parent, artifacts_root / model / name,
+                                                     quality_rss_mb=rec.get("peak_rss_mb"))})
+    exports = export_stages(metrics_root, {r["model"] for r in rows}, variants)
+    table = _table(rows) + "\n\n" + _perf_table(rows)
+    fsutil.write_json(out, {"enforce": quality.enforce, "rows": rows, "exports": exports, "misses": failures})
+    if plots:
+        fsutil.write_json(plots, {"rows": [{k: r.get(k) for k in PLOT_FIELDS} for r in rows]})
+    if html:
+        from pipeline.stages import html_report  # matplotlib: imported only where the page is drawn
+
+        html_report.write(rows, exports, failures, quality.enforce, Path(html))
+    print(table)
+    if failures:
+        print("\nmissed thresholds:\n" + "\n".join(f"  {f}" for f in failures), file=sys.stderr)
+        if quality.enforce:
+            raise PipelineError(
+                f"quality gate: {len(failures)} miss(es): {'; '.join(failures)} "
+                "(set quality.enforce: false in params.yaml to explore without the gate)"
+            )
+    return table, failures
+
+
+PERF_COLUMNS = [("size_mb", "{:.1f}"), ("ttft_ms", "{:.1f}"), ("tokens_per_s", "{:.1f}"),
+                ("smoke_rss_mb", "{:.0f}"), ("export_wall_s", "{:.1f}"), ("export_rss_mb", "{:.0f}")]
+PLOT_FIELDS = ["model", "variant", "family", "size_mb", "cosine", "top1", "kl", "ppl_ratio", "similarity", "ttft_ms",
+               "tokens_per_s", "device", "fallback"]
+
+
+def decode_speed(smoke: dict) -> dict | None:
+    """Time to first token (ms) and decode tokens/s of the first run that executed on CPU (else the first run).
+
+    Medians over the prompts after the first, which carries the runtime's warm-up (measured on ov-fp16: 168 ms to
+    the first token on the first prompt, 39 ms on the second); over all prompts when there is only one.
+    """
+    runs = smoke.get("runs") or []
+    run_ = next((r for r in runs if r.get("device") == "CPU"), runs[0] if runs else None)
+    prompts = [p for p in (run_ or {}).get("prompts", []) if p.get("tokens_per_s") is not None]
+    if not prompts:
+        return None
+    warm = prompts[1:] or prompts
+    return {
+        "ttft_ms": statistics.median(p["ttft_ms"] for p in warm if p.get("ttft_ms") is not None)
+        if any(p.get("ttft_ms") is not None for p in warm) else None,
+        "tokens_per_s": statistics.median(p["tokens_per_s"] for p in warm),
+        "device": run_["device"],
+        "fallback": run_.get("fallback"),
+    }
+
+
+def disk_bytes(artifact: Path, export: dict | None = None) -> int | None:
+    """Bytes of every file under the artifact dir; without the dir, the sizes its export.json lists (if it does)."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        return sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+    files = ((export or {}).get("export") or {}).get("files")
+    return sum(files.values()) if isinstance(files, dict) else None
+
+
+def weight_bytes(artifact: Path) -> int | None:
+    """Size of the artifact's weight file (the first of WEIGHT_FILES present), or None."""
+    found = [Path(artifact) / name for name in WEIGHT_FILES if (Path(artifact) / name).is_file()]
+    return found[0].stat().st_size if found else None
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def performance(metrics_dir: Path, artifact: Path, quality_rss_mb: float | None = None) -> dict:
+    """The performance columns of one artifact's row; a value its stages did not record is None."""
+    smoke, export = _load(Path(metrics_dir) / "smoke.json"), _load(Path(metrics_dir) / "export.json")
+    speed = decode_speed(smoke) if smoke else None
+    size, weights = disk_bytes(artifact, export), weight_bytes(artifact)
+    return {
+        "size_bytes": size,
+        "size_mb": round(size / 1e6, 3) if size is not None else None,
+        "weights_bytes": weights,
+        "ttft_ms": speed and speed["ttft_ms"],
+        "tokens_per_s": speed and speed["tokens_per_s"],
+        "device": speed and speed["device"],
+        "fallback": speed and speed["fallback"],
+        "smoke_rss_mb": smoke and smoke.get("peak_rss_mb"),
+        "quality_rss_mb": quality_rss_mb,
+        "export_wall_s": export and export.get("wall_s"),
+        "export_rss_mb": export and export.get("peak_rss_mb"),
+    }
+
+
+def export_stages(metrics_root: Path, models: set[str], variants: Mapping) -> list[dict]:
+    """Wall time and peak RSS of every export stage (ir-fp16 and each variant's export) of the reported models."""
+    out = []
+    for model in sorted(models):
+        for name in ["ir-fp16", *variants]:
+            rec = _load(Path(metrics_root) / model / name / "export.json")
+            if rec:
+                out.append({"model": model, "stage": rec.get("stage", f"export@{model}-{name}"),
+                            "wall_s": rec.get("wall_s"), "peak_rss_mb": rec.get("peak_rss_mb")})
+    return out
+
+
+def _perf_table(rows: list[dict]) -> str:
+    head = ["model/variant", *(c for c, _ in PERF_COLUMNS), "device"]
+    body = [[f"{r['model']}/{r['variant']}",
+             *(fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in PERF_COLUMNS),
+             (r.get("device") or "-") + (f" ({r['fallback']})" if r.get("fallback") else "")]
+            for r in rows]
+    return _format(head, body)
+
+
+def _table(rows: list[dict]) -> str:
+    head = ["model/variant", "family", *(c for c, _ in COLUMNS), "status"]
+    body = [
+        [f"{r['model']}/{r['variant']}", r["family"],
+         *(fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in COLUMNS), r["status"]]
+        for r in rows
+    ]
+    return _format(head, body)
+
+
+def _format(head: list[str], body: list[list]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def stage(params, layout) -> tuple[str, list[str]]:
+    """`aipc report`: reads params.quality (thresholds, enforce) and params.variants (for each family)."""
+    root = Path(layout.root)
+    return run(params.quality, params.variants, root / "metrics", root / REPORT, artifacts_root=root / "artifacts",
+               plots=root / PLOTS, html=root / HTML)
