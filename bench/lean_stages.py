@@ -45,6 +45,7 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
 
 
 def scratch_project(dest: Path, model: str) -> None:
+    dest.mkdir(parents=True)
     for rel in ("params.yaml", "pipeline/evalset"):
         src = ROOT / rel
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / rel)

@@ -3,7 +3,8 @@
     python bench/rebuild_twice.py [--variants ov-int4 ort-cpu-int4 ...] [--keep DIR] [--json OUT]
 
 Each build is a fresh copy of this project (code, dvc.yaml, params.yaml; no dvc.lock, no DVC cache) in its own
-temp directory, so an absolute path that leaks into an artifact shows up as a difference. Each runs
+temp directory, so an absolute path that leaks into an artifact shows up as a difference; the second runs as if on
+another machine (another HOME, TMPDIR and download cache, and another hostname via `unshare --uts` where allowed). Each runs
 `dvc repro <backend>-export@<model>-<variant>` for every default variant (fetch -> ir -> export), then `package.run` with
 this checkout's metrics/ (so the model cards are built from the same measurements). It prints, per released file,
 whether the two builds are bit-identical, and for each file that differs where it differs (first differing line
@@ -31,12 +32,24 @@ from pipeline.stages import package  # noqa: E402
 from tests import project  # noqa: E402
 
 
-def build(dest: Path, model: str, variants: list[str]) -> dict[str, dict[str, str]]:
-    """Fresh project in `dest`, exports rebuilt by dvc, releases packaged; {variant: {file: sha256}}."""
+def build(dest: Path, model: str, variants: list[str], other_machine: bool = False) -> dict[str, dict[str, str]]:
+    """Fresh project in `dest`, exports rebuilt by dvc, releases packaged; {variant: {file: sha256}}. With
+    `other_machine`, dvc runs with another HOME, TMPDIR and download cache, and under another hostname where
+    `unshare --uts` is allowed (root on Linux)."""
     project.make(dest)
     t0 = time.monotonic()
     params = params_mod.load(dest / "params.yaml")
-    project.dvc(dest, "repro", *(f"{params.variants[v].backend}-export@{model}-{v}" for v in variants))
+    targets = [f"{params.variants[v].backend}-export@{model}-{v}" for v in variants]
+    if other_machine:
+        env = {"HOME": str(dest / "home"), "TMPDIR": str(dest / "tmp"), "AIPC_CACHE": str(dest / "aipc-cache")}
+        for d in env.values():
+            Path(d).mkdir()
+        cmd = [str(project.BIN / "dvc"), "repro", *targets]
+        if shutil.which("unshare") and project.run(dest, "unshare", "--uts", "true", check=False).returncode == 0:
+            cmd = ["unshare", "--uts", "sh", "-c", 'hostname rebuild-elsewhere && exec "$@"', "sh", *cmd]
+        project.run(dest, *cmd, extra_env=env)
+    else:
+        project.dvc(dest, "repro", *targets)
     print(f"  {dest.name}: exports rebuilt in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     layout = Layout(dest)
     out = {}
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir()
             print(f"build {i}: {dest}", file=sys.stderr)
-            builds.append(build(dest, model, variants))
+            builds.append(build(dest, model, variants, other_machine=i == 2))
         report: dict[str, list] = {"identical": [], "different": [], "vs_checkout": []}
         for group in ["source", *variants]:
             a, b = builds[0][group], builds[1][group]

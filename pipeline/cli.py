@@ -30,8 +30,11 @@ class Command(NamedTuple):
 
 
 COMMANDS = {
-    "check": Command("pipeline.cli:check", "validate params.yaml; every stage depends on it, so an invalid file "
-                     "stops dvc repro before any output is touched", ((("--out",), {"type": Path}),)),
+    "check": Command("pipeline.cli:check", "validate params.yaml, verify every output against its manifest and sweep "
+                     "interrupted runs' debris; stage `check`, which every stage depends on, runs it first on every "
+                     "dvc repro", ((("--out",), {"type": Path}),)),
+    "repair": Command("pipeline.cli:repair", "delete every output file changed in place, its DVC cache object and "
+                      "every link to it, then `dvc repro` rebuilds them"),
     "fetch": Command("pipeline.stages.fetch:stage", "materialise a model's checkpoint into artifacts/<model>/source",
                      (MODEL,)),
     "ir": Command("pipeline.stages.ir:stage", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)",
@@ -74,13 +77,35 @@ GLOBAL = ("params", "root", "debug", "command")
 
 
 def check(params, layout, out: Path | None = None) -> None:
-    """`aipc check [--out FILE]`: params.yaml is valid (load() raised otherwise); the stage writes FILE, whose bytes
-    never change, so editing params.yaml reruns only the stages whose own params changed."""
-    print(f"params.yaml: ok ({len(params.models)} model(s), {len(params.variants)} variant(s))")
-    if out is not None:
-        from pipeline import fsutil
+    """`aipc check [--out FILE]`: params.yaml is valid (load() raised otherwise), no output was changed in place,
+    and interrupted runs left nothing behind. The stage writes FILE, whose bytes never change, so running it on every
+    `dvc repro` reruns nothing downstream."""
+    from pipeline import fsutil, integrity
 
+    for path in integrity.sweep(layout.root):
+        print(f"removed {path.relative_to(layout.root)} (left by an interrupted run)", file=sys.stderr)
+    integrity.verify(layout.root)
+    print(f"params.yaml: ok ({len(params.models)} model(s), {len(params.variants)} variant(s)); outputs match "
+          "their manifests")
+    if out is not None:
         fsutil.write_json(out, {"params": "valid"})
+
+
+def repair(params, layout) -> None:
+    """`aipc repair`: see integrity.repair; then `dvc repro` rebuilds what was deleted."""
+    import subprocess
+
+    from pipeline import integrity
+
+    removed = integrity.repair(layout.root)
+    for path in removed:
+        print(f"deleted {path.relative_to(layout.root)}", file=sys.stderr)
+    if not removed:
+        print("no output was changed in place: nothing to repair")
+        return
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=layout.root)
+    if done.returncode:
+        raise PipelineError(f"dvc repro after the repair failed (exit {done.returncode}); see its output above")
 
 
 def _parser() -> argparse.ArgumentParser:

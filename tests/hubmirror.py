@@ -131,7 +131,7 @@ def olah(mirrors: Path, work: Path, timeout: float = 60) -> Iterator[str]:
 _CHILD = """
 import json, sys
 from pathlib import Path
-from pipeline import fetch
+from pipeline.stages import fetch
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
 try:

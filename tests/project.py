@@ -39,8 +39,9 @@ def variants(names: list[str]) -> dict[str, dict]:
     return {backend: {n: v for n, v in group.items() if n in names} for backend, group in groups.items()}
 
 
-def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=project, env=env(), capture_output=True, text=True)
+def run(project: Path, *args: str, check: bool = True, extra_env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=project, env={**env(), **(extra_env or {})}, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -4,6 +4,7 @@ logits against the torch FP32 checkpoint, and smoke runs (DirectML variants on t
 from __future__ import annotations
 
 import platform
+import shutil
 
 import numpy as np
 import onnx
@@ -14,7 +15,9 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.backends import onnx_genai
 from pipeline.errors import PipelineError
+from pipeline.backends.onnx_genai.builder import BUILDER_CACHE
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+from pipeline.backends.onnx_genai.readback import check_graph, read_back
 from pipeline.params import Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import assert_greedy
@@ -78,7 +81,7 @@ def test_generate_is_greedy_on_the_artifacts_own_logits(name, exported):
 def test_logits_match_torch_fp32(kind, name, exported, reference):
     artifact, record = exported(kind, name)
     variant = VARIANTS[name]
-    assert not (artifact / onnx_genai.BUILDER_CACHE).exists()
+    assert not (artifact / BUILDER_CACHE).exists()
     assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json"} <= set(record["files"])
 
     got = onnx_genai.logits(artifact, variant, IDS)
@@ -104,10 +107,74 @@ def test_longrope_past_the_original_context(exported, tiny_models):
     assert cosine(onnx_genai.logits(artifact, VARIANTS["ort-dml-fp16"], ids), want) >= 0.9999
 
 
+# config.json as transformers 5 writes it (tiny.resave_config): re-saved after loading the legacy file (keeps the
+# legacy `type` key), as transformers 5 builds it (rope_type only: the builder's KeyError 'type'), that with
+# original_max_position_embeddings only inside rope_parameters, and with the `factor` transformers 5 asks for.
+T5_CONFIGS = {
+    "resaved": dict(legacy_type=True),
+    "rope_type-only": dict(legacy_type=False),
+    "original-in-rope_parameters": dict(legacy_type=False, original_at_top=False),
+    "with-factor": dict(legacy_type=False, factor=131072 / 4096),
+}
+TRANSLATED = "rope_parameters['rope_type'] -> rope_scaling['type']"
+
+
+@pytest.fixture
+def resaved(tiny_models, tmp_path):
+    """resaved(kind, **how) -> a copy of the tiny checkpoint with its config.json re-saved by transformers 5."""
+    def make(kind: str, **how):
+        source = shutil.copytree(tiny_models[kind], tmp_path / "src")
+        config = tiny.resave_config(source, **how)
+        assert "rope_parameters" in config and "rope_scaling" not in config
+        return source, config
+
+    return make
+
+
+@pytest.mark.parametrize("form", T5_CONFIGS)
+@pytest.mark.parametrize("kind", ["mini-128k", "3.5-mini"])
+def test_transformers5_longrope_config_builds_the_legacy_graph(kind, form, resaved, exported, tmp_path):
+    source, config = resaved(kind, **T5_CONFIGS[form])
+    assert config["rope_parameters"]["rope_type"] == "longrope"
+    assert ("type" in config["rope_parameters"]) == (form == "resaved")
+    assert ("original_max_position_embeddings" in config) == (form != "original-in-rope_parameters")
+    out = tmp_path / "out"
+    out.mkdir()
+    record = onnx_genai.export(source, VARIANTS["ort-cpu-int4"], out, ir_fp16=None, smoke=SMOKE)
+    assert record.get("config_translated") == (None if form == "resaved" else TRANSLATED)
+    # Byte for byte what the legacy config.json builds (nothing the builder writes depends on the source's path).
+    legacy, legacy_record = exported(kind, "ort-cpu-int4")
+    assert record["files"] == legacy_record["files"]
+    assert all((out / name).read_bytes() == (legacy / name).read_bytes() for name in record["files"])
+
+
+def test_transformers5_longrope_past_the_original_context(resaved, tiny_models, tmp_path):
+    # As test_longrope_past_the_original_context, from a config.json the builder could not read before.
+    source, _ = resaved("mini-128k", legacy_type=False, original_at_top=False)
+    ids = [int(i) for i in np.random.default_rng(1).integers(len(tiny.SPECIALS), tiny.VOCAB, 4200)]
+    want = torch_logits(source, ids)
+    np.testing.assert_array_equal(want, torch_logits(tiny_models["mini-128k"], ids))  # torch reads both alike
+    out = tmp_path / "out"
+    out.mkdir()
+    record = onnx_genai.export(source, VARIANTS["ort-dml-fp16"], out, ir_fp16=None, smoke=SMOKE)
+    assert record["config_translated"] == TRANSLATED
+    assert cosine(onnx_genai.logits(out, VARIANTS["ort-dml-fp16"], ids), want) >= 0.9999
+
+
+@pytest.mark.parametrize("rope", [{"attention_factor": 2.0}, {"factor": 8.0}])
+def test_longrope_scale_the_builder_ignores_fails_in_one_line(rope, resaved, tmp_path):
+    source, _ = resaved("mini-128k", legacy_type=False, **rope)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PipelineError, match=r"rope_parameters factor/attention_factor .* builder's longrope") as err:
+        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
+    assert "\n" not in str(err.value)
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_fp16_graph_fails_the_int4_check(exported):
     artifact, _ = exported("mini-4k", "ort-dml-fp16")
     with pytest.raises(PipelineError, match="int4 variant, but model.onnx has no MatMulNBits") as err:
-        onnx_genai.check_graph(onnx_genai.read_back(artifact), VARIANTS["ort-cpu-int4"])
+        check_graph(read_back(artifact), VARIANTS["ort-cpu-int4"])
     assert "\n" not in str(err.value)
 
 

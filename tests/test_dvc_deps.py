@@ -98,7 +98,7 @@ def _roots(name: str, stage: dict) -> list[str]:
     if name == "fetch":  # pipeline/sources/__init__.py picks the module of the model's `source:` at run time
         roots += [f"pipeline.sources.{p.stem}" for p in (ROOT / "pipeline/sources").glob("*.py")]
     if name == "check":  # params.py itself, and each backend's Variant that it validates with
-        roots += ["pipeline.params", *(f"pipeline.backends.{b}.params" for b in BACKENDS),
+        roots += ["pipeline.params", "pipeline.integrity", *(f"pipeline.backends.{b}.params" for b in BACKENDS),
                   *(f"pipeline.backends.{b}" for b in BACKENDS), "pipeline.backends"]
     return roots
 
@@ -129,7 +129,7 @@ def test_a_stage_declares_exactly_the_code_it_runs(name):
 
 def test_every_stage_waits_for_the_params_check():
     stages = _stages()
-    out = stages["check"]["outs"][0]
+    out = next(iter(stages["check"]["outs"][0]))
     assert [n for n, s in stages.items() if n != "check" and out not in s.get("deps", [])] == []
 
 

@@ -1,4 +1,4 @@
-"""pipeline/package.py: a release directory from a synthetic artifact; the card, manifest and provenance."""
+"""pipeline/stages/package.py: a release directory from a synthetic artifact; the card, manifest and provenance."""
 
 from __future__ import annotations
 
@@ -64,6 +64,28 @@ def test_rebuild_is_bit_identical(tmp_path):
     assert a == b
     prov = json.loads((tmp_path / "a/releases/m/ov-int4/provenance.json").read_text())
     assert prov["export"]["reload"] == {"max_abs_logit_diff": 0.0}  # kept, without its timing
+
+
+def test_releases_built_on_two_machines_are_bit_identical(tmp_path):
+    """Only facts that decide the bytes go into a release: two kernels (platform strings) give the same release."""
+    a = tinyrelease.manifest(tinyrelease.build(tmp_path / "a"))
+    b = tinyrelease.manifest(tinyrelease.build(tmp_path / "b", platform="Linux-6.18.44-fc-v669-x86_64-with-glibc2.36"))
+    assert a == b
+    assert "platform" not in json.loads((tmp_path / "a/releases/m/ov-int4/provenance.json").read_text())["versions"]
+
+
+def test_the_card_shows_every_metric_its_gate_can_name(tmp_path):
+    from pipeline.gate import LIMITS
+
+    paths = tinyrelease.inputs(tmp_path)
+    limits = {"min_cosine": 0.97, "min_top1": 0.55, "max_kl": 0.8, "max_ppl_ratio": 1.4, "min_similarity": 0.9}
+    package.run("m", "ov-int4", tinyrelease.OV_INT4, paths["artifact"], paths["source"], paths["metrics"],
+                tmp_path / "rel", thresholds=limits)
+    card = (tmp_path / "rel/README.md").read_text()
+    assert "Gate: missed: similarity 0.61 < 0.9." in card
+    for field in LIMITS:
+        assert f"| {limits[field]} |" in card.replace(">= ", "").replace("<= ", ""), field
+    assert "| answer similarity to FP32 (all-MiniLM-L6-v2) | 0.610 | >= 0.9 |" in card
 
 
 def test_onnx_genai_card(tmp_path):

@@ -8,6 +8,7 @@ import re
 import pytest
 import yaml
 
+from pipeline import fsutil
 from tests import project
 from tests.conftest import ROOT
 
@@ -24,8 +25,14 @@ def _params(models: dict, variants: list[str]) -> dict:
 
 
 def _changed_stages(proj) -> set[str]:
+    """What `dvc status` finds stale, but for `check`, which is `always_changed` (it runs on every repro)."""
     out = project.dvc(proj, "status", "--json").stdout
-    return set(json.loads(out or "{}"))
+    return set(json.loads(out or "{}")) - {"check"}
+
+
+def _ran(repro: str) -> list[str]:
+    """The stages a `dvc repro` ran, but for `check`."""
+    return [s for s in re.findall(r"Running stage '([^']+)'", repro) if s != "check"]
 
 
 def test_two_models_side_by_side(tmp_path, tiny_models):
@@ -51,7 +58,7 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     # Nothing changed: a second repro runs no stage.
     assert _changed_stages(proj) == set()
     second = project.dvc(proj, "repro")
-    assert "Running stage" not in second.stdout
+    assert _ran(second.stdout) == []
 
     # One variant's knob: only that variant's stages, for every model, go stale.
     params = yaml.safe_load((proj / "params.yaml").read_text())
@@ -59,7 +66,7 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _changed_stages(proj) == {
         f"openvino-{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
-    } | {"report", "check"}
+    } | {"report"}
 
 
 def test_touching_one_backend_makes_only_its_stages_stale(tmp_path, tiny_model):
@@ -146,4 +153,84 @@ def test_default_pipeline_end_to_end(tmp_path):
     report = json.loads((proj / "reports" / "quality.json").read_text())
     assert report["misses"] == []
     assert _changed_stages(proj) == set()
-    assert "Running stage" not in project.dvc(proj, "repro").stdout
+    assert _ran(project.dvc(proj, "repro").stdout) == []
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_model):
+    """A project with one ONNX variant, built through packaging by plain `dvc repro`."""
+    proj = project.make(tmp_path_factory.mktemp("built"), _params({"mini": {"source": "local", "id": str(tiny_model)}},
+                                                                  ["ort-cpu-int4"]))
+    project.dvc(proj, "repro", "onnx_genai-package@mini-ort-cpu-int4")
+    return proj
+
+
+def _snapshot(proj) -> dict[str, tuple[int, int]]:
+    """Every file the pipeline wrote, with its inode and mtime: a rewrite shows even when the bytes are the same.
+    Not the check stage's marker, which DVC unprotects (copies) before running the stage: its bytes never change."""
+    files = [p for top in ("artifacts", "metrics", "releases") for p in (proj / top).rglob("*") if p.is_file()
+             and p.name != "params-valid.json"]
+    return {p.relative_to(proj).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in [*files, proj / "dvc.lock"]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["variants"]["onnx_genai"]["ort-cpu-int4"].update(block_sze=64),
+     "params.yaml: variants.onnx_genai.ort-cpu-int4.block_sze: unknown key; did you mean 'block_size'?"),
+    (lambda p: p.update(models={}), "params.yaml: models: "),
+    (lambda p: p["variants"]["onnx_genai"].update(source={"precision": "int4", "execution_provider": "cpu"}),
+     "params.yaml: variant name 'source' is taken: artifacts/<model>/source holds the fetched checkpoint"),
+])
+def test_invalid_params_fail_dvc_repro_first_and_change_nothing_on_disk(built, edit, message):
+    before = _snapshot(built)
+    original = (built / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = project.dvc(built, "repro", check=False)
+        # A name taken by the layout makes two stages write one path, which DVC refuses before any stage runs
+        # (advising `dvc remove`); `aipc check` gives the reason.
+        checked = project.aipc(built, "check", check=False)
+    finally:
+        (built / "params.yaml").write_text(original)
+    assert proc.returncode != 0 and checked.returncode == 1
+    assert checked.stderr.strip() == f"aipc: error: {message}".strip() or checked.stderr.startswith(
+        f"aipc: error: {message}"), checked.stderr
+    assert "overlapping output" in proc.stderr or f"aipc: error: {message}" in proc.stderr, proc.stderr[-2000:]
+    assert _snapshot(built) == before
+
+
+def test_an_in_place_edit_is_caught_by_the_next_repro_and_repaired_by_one_command(built):
+    weights = built / "artifacts" / "mini" / "source" / "model.safetensors"
+    good = fsutil.sha256_file(weights)
+    with open(weights, "r+b") as f:  # in place, as root and in-place editors do: the DVC cache object is this file
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    proc = project.dvc(built, "repro", check=False)
+    assert proc.returncode != 0
+    assert ("aipc: error: artifacts/mini/source/model.safetensors: sha256" in proc.stderr
+            and "run `aipc repair`" in proc.stderr), proc.stderr[-2000:]
+
+    project.aipc(built, "repair")
+    assert fsutil.sha256_file(weights) == good
+    cached = [p for p in (built / ".dvc" / "cache").rglob("*") if p.is_file() and p.stat().st_ino == weights.stat().st_ino]
+    assert cached and all(fsutil.sha256_file(p) == good for p in cached)  # good bytes in the cache too
+    assert _changed_stages(built) - {"runner_wheel", "runner@mini", "report"} == set()
+
+
+def test_debris_of_interrupted_runs_is_swept_and_failed_fetches_leave_nothing(built):
+    partial = built / "artifacts" / "mini" / ".ort-cpu-int4.partial-999999"  # kill -9, outputs then restored
+    partial.mkdir()
+    (partial / "model.onnx").write_bytes(b"half")
+    project.dvc(built, "repro", "onnx_genai-smoke@mini-ort-cpu-int4")
+    assert not partial.exists()
+
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    params["models"]["gone"] = {"source": "local", "id": str(built / "no-such-checkpoint")}
+    other = project.make(built.parent / "other", params)
+    proc = project.aipc(other, "fetch", "gone", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (other / "artifacts" / "gone").exists()

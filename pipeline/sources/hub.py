@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.fsutil import git_blob_sha1
 from pipeline.params import ModelParams
-from pipeline.sources import local
+from pipeline.sources import checkpoint, local
 
 
 def _first_line(e: BaseException) -> str:
@@ -103,6 +103,7 @@ def materialize(model: ModelParams, dest: Path) -> dict:
     hashes = local.copy_checkpoint(snapshot, dest, where)
     unchecked = _verify_blobs(snapshot, dest, hashes, where)
     local.validate_weights(dest, list(hashes), where)
+    checkpoint.check(dest, where)
     return {
         "resolved": commit,
         "files": sorted(hashes),

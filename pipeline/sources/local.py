@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
+from pipeline.sources import checkpoint
 
 # Matched like huggingface_hub's allow_patterns (fnmatch; `*` also crosses `/`).
 ALLOW_PATTERNS = ["*.safetensors", "*.json", "tokenizer.model", "*.jinja", "*.txt"]
@@ -107,6 +108,7 @@ def materialize(model: ModelParams, dest: Path) -> dict:
         raise PipelineError(f"{model.id}: local checkpoint directory not found")
     hashes = copy_checkpoint(src.resolve(), dest, model.id)
     validate_weights(dest, list(hashes), model.id)
+    checkpoint.check(dest, model.id)
     # A directory has no commit: identify it by its content (the files and their hashes).
     digest = hashlib.sha256("".join(f"{h}  {n}\n" for n, h in sorted(hashes.items())).encode()).hexdigest()
     return {"resolved": f"sha256:{digest}", "files": sorted(hashes)}

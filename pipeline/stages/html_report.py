@@ -2,7 +2,7 @@
 
 size_quality.png: bytes on disk against KL(reference || artifact) and top-1 agreement, one labelled point per
 variant; size_speed.png: bytes on disk against decode tokens/s and time to first token. Drawn with matplotlib's Agg
-backend (no display needed). Called by pipeline/report.py with the rows it has already gated.
+backend (no display needed). Called by pipeline/stages/report.py with the rows it has already gated.
 """
 
 from __future__ import annotations

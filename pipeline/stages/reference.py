@@ -73,6 +73,20 @@ def eos_ids(source: Path) -> list[int]:
     return sorted({eos} if isinstance(eos, int) else set(eos or []))
 
 
+def check_loading(info: dict, source: Path) -> None:
+    """Refuse a model that transformers completed with freshly initialised weights: its logits would be a random
+    model's, and every artifact compared with them would look fine."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(k[0] for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        names = missing + [f"{k} (shape mismatch)" for k in mismatched]
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        raise PipelineError(
+            f"{source}: the checkpoint lacks weights its config needs, which loading would initialise at random: "
+            f"{', '.join(names[:3])}{more}"
+        )
+
+
 def run(
     source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int
 ) -> dict:
@@ -81,7 +95,9 @@ def run(
     from transformers import AutoModelForCausalLM
 
     source = Path(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    check_loading(info, source)
+    model.eval()
     eos = eos_ids(source)
     sequences: list[tuple[str, str, list[int], dict]] = []  # name, kind, ids, extra record
     with torch.no_grad():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -49,13 +50,13 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path 
     options = builder_options(variant)
     start = time.perf_counter()
     try:
-        _run_builder(source, variant, out, options)
+        translated = _run_builder(source, variant, out, options)
     finally:
         shutil.rmtree(out / BUILDER_CACHE, ignore_errors=True)
     seconds = round(time.perf_counter() - start, 2)
     graph = read_back(out)
     check_graph(graph, variant)
-    return {
+    record = {
         "variant": variant.model_dump(),
         "method": f"onnxruntime-genai model builder -p {variant.precision} -e {variant.execution_provider}",
         "extra_options": options,
@@ -64,9 +65,12 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path 
         "files": files_record(out),
         "versions": versions("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
     }
+    if translated:  # only then: the records of legacy-config exports keep their bytes
+        record["config_translated"] = translated
+    return record
 
 
-def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str]) -> None:
+def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str]) -> str | None:
     # In process, through the same two calls its CLI makes (`python -m onnxruntime_genai.models.builder` runs
     # parse_extra_options, then create_model): the files are byte-identical to the CLI's, an export does not pay
     # the builder's ~6 s torch/transformers import again in a subprocess, and a failure arrives as an exception
@@ -80,12 +84,51 @@ def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: di
     try:
         with _git_hidden():
             extra = builder.parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
+            # parse_extra_options loaded the config (AutoConfig); create_model reads rope settings from that object.
+            translated = _legacy_rope(extra["hf_details"]["hf_config"], source)
             builder.create_model(*args, **extra)
+    except PipelineError:
+        raise
     except Exception as e:
         raise PipelineError(
             f"onnxruntime-genai builder failed on {source} ({variant.precision}, {variant.execution_provider}): "
             f"{one_line(e)}"
         ) from e
+    return translated
+
+
+def _legacy_rope(config, source: Path) -> str | None:
+    """Add to a longrope config (as transformers loaded it) the key the builder needs; return what was added.
+
+    The builder (0.18, builders/phi.py) picks longrope by rope_parameters["rope_type"] but reads its mscale policy
+    from the legacy rope_scaling key "type", which transformers 5 keeps when it loads a legacy config and never
+    writes itself: KeyError 'type'. The rest it reads (factors, rope_theta, partial_rotary_factor, original and max
+    positions) transformers 5 resolves alike from either format.
+    """
+    rope = getattr(config, "rope_parameters", None)
+    if not isinstance(rope, dict) or rope.get("rope_type") != "longrope":
+        return None
+    where = f"{source}/config.json: rope_parameters"
+    if not all(isinstance(rope.get(k), list) for k in ("short_factor", "long_factor")):
+        raise PipelineError(f"{where} is longrope without short_factor and long_factor lists; the onnxruntime-genai "
+                            "builder needs both")
+    # The builder scales cos/sin by its own sqrt(1 + ln(s) / ln(original)), s = max / original positions, and never
+    # reads factor or attention_factor (both newer transformers keys): torch would scale differently.
+    original = config.original_max_position_embeddings
+
+    def scale(s: float) -> float:
+        return 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(original))
+
+    ours = scale(config.max_position_embeddings / original)
+    theirs = rope.get("attention_factor") or scale(rope.get("factor") or config.max_position_embeddings / original)
+    if not math.isclose(theirs, ours, rel_tol=1e-6):
+        raise PipelineError(f"{where} factor/attention_factor give attention scale {theirs:.6g}, but the "
+                            f"onnxruntime-genai builder's longrope always uses {ours:.6g} (from max / original "
+                            "positions): the ONNX graph would not match the checkpoint")
+    if "type" in rope:
+        return None
+    rope["type"] = "longrope"
+    return "rope_parameters['rope_type'] -> rope_scaling['type']"
 
 
 @contextlib.contextmanager
