@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from pipeline import backends, fsutil
+from pipeline.errors import PipelineError
 from pipeline.layout import IR_FP16, SOURCE, Layout
 from pipeline.params import Params
 from pipeline.record import measured
@@ -24,7 +25,10 @@ def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict
         print(f"[export] {model}-{variant_name} ({variant.backend}) -> {out}", file=sys.stderr)
         rec["variant"] = variant.model_dump()
         with fsutil.staged_dir(out) as tmp:
-            rec["export"] = backend.export(source, variant, tmp, ir_fp16=ir, smoke=params.smoke)
+            try:
+                rec["export"] = backend.export(source, variant, tmp, ir_fp16=ir, smoke=params.smoke)
+            except PipelineError as e:  # named by what the user wrote, not by the staging dir being filled
+                raise PipelineError(f"export {model}-{variant_name}: {e}") from e
             fsutil.write_manifest(tmp)
     fsutil.write_json(layout.metrics(model, variant_name, "export"), rec)
     return rec

@@ -78,7 +78,7 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
     npu_record = {}
     if variant.npu:
         limits = smoke.npu_max_prompt_len, smoke.npu_min_response_len
-        npu_record["npu_preflight"] = npu.preflight(out, *limits)
+        npu_record["npu_preflight"] = npu.preflight(out, *limits, variant=variant)
         npu_record["npu_blob"] = npu.compile_blob(out, *limits)
     return {
         "variant": variant.model_dump(),

@@ -39,13 +39,14 @@ def npu_static_shapes(prompt_len: int, response_len: int) -> dict:
     return {"prompt": prompt, "kv_cache": prompt + _align(response_len, NPU_ALIGN)}
 
 
-def preflight(ir: Path, max_prompt_len: int, min_response_len: int) -> dict:
+def preflight(ir: Path, max_prompt_len: int, min_response_len: int, *, variant=None) -> dict:
     """Check an IR dir against what the NPU takes; raise PipelineError (one line, offending layers named) if it
-    doesn't, else return the record of what was checked."""
+    doesn't, else return the record of what was checked. With `variant` (an export's own check), the message names
+    what the variant asked for rather than the staging dir being written."""
     import openvino as ov
 
     ir = Path(ir)
-    where = f"{ir.name}/{MODEL_XML}"
+    where = "the exported IR" if variant is not None else f"{ir.name}/{MODEL_XML}"
     layers = weight_layers(ov.Core().read_model(ir / MODEL_XML))
     linear = [lay for lay in layers if lay["role"] == "linear"]
     if not linear:
@@ -71,13 +72,15 @@ def preflight(ir: Path, max_prompt_len: int, min_response_len: int) -> dict:
     ]
     if bad:
         found = ", ".join(sorted({f"{lay['group_size']} on {lay['in_channels']} channels" for lay in bad}))
-        raise offenders(f"int4 group size {found}", bad)
+        asked = (f" (group_size {variant.group_size} was asked; group_size_fallback {variant.group_size_fallback} "
+                 "chose these where it does not divide the channels)") if variant is not None else ""
+        raise offenders(f"int4 group size {found}{asked}", bad)
 
     config = json.loads((ir / "config.json").read_text()) if (ir / "config.json").is_file() else {}
     max_positions = config.get("max_position_embeddings")
     shapes = npu_static_shapes(max_prompt_len, min_response_len)
     if max_positions is None:
-        raise PipelineError(f"NPU pre-flight: {ir.name}/config.json has no max_position_embeddings to check "
+        raise PipelineError(f"NPU pre-flight: {where}: config.json has no max_position_embeddings to check "
                             "smoke.npu_max_prompt_len against")
     if shapes["kv_cache"] > max_positions:
         raise PipelineError(
