@@ -5,8 +5,8 @@ only the work (import openvino and nncf, read the FP16 IR, compress it with the 
     python bench/lean_stages.py [--model smollm2] [--variant ov-int4] [--runs 5]
 
 Needs the model's FP16 IR (dvc repro ir@<model>). The export writes into a scratch copy of the project's layout
-(artifacts/<model>/{source,ir-fp16} are hard-linked), never into artifacts/. Prints each median, the ratio, and the
-stage's own breakdown (import, compress, read-back, manifests) from a -X importtime / cProfile-free timing run.
+(artifacts/<model>/{source,ir-fp16} are hard-linked), never into artifacts/. Prints each run, the medians, their
+ratio and the load average.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import fsutil
+from pipeline.layout import SOURCE_JSON
 from pipeline.stages import fetch
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
@@ -26,7 +27,7 @@ CHECKPOINT = ["chat_template.jinja", "config.json", "generation_config.json", "m
 def assert_fetched(out: Path, src: Path, resolved: str | None = None) -> dict:
     """`out` holds byte-identical copies (no links) of the checkpoint, its provenance and a valid manifest."""
     fsutil.verify_manifest(out)
-    provenance = json.loads((out / fetch.PROVENANCE).read_text())
+    provenance = json.loads((out / SOURCE_JSON).read_text())
     assert provenance["files"] == CHECKPOINT
     for name in CHECKPOINT:
         assert not (out / name).is_symlink()
@@ -60,7 +61,7 @@ def test_local_copies_checkpoint(tiny_model, tmp_path):
     assert record["name"] == "m" and record["bytes"] > (tiny_model / "model.safetensors").stat().st_size
     # Re-running replaces `out` with identical bytes.
     fetch.run("m", ModelParams(source="local", id=str(tiny_model)), out)
-    assert json.loads((out / fetch.PROVENANCE).read_text()) == provenance
+    assert json.loads((out / SOURCE_JSON).read_text()) == provenance
 
 
 def test_local_truncated_safetensors_fails_naming_file(tiny_model, tmp_path):

@@ -10,6 +10,6 @@ from pipeline.params import ModelParams
 
 
 def materialize(model: ModelParams, dest: Path) -> dict:
-    # Imported on use: the embedded source pulls in torch and transformers, the others need neither.
+    # Imported on use: only the model's own source module (the embedded GGUF reader, the hub client, ...) loads.
     module = importlib.import_module(f"pipeline.sources.{model.source}")
     return module.materialize(model, Path(dest))

@@ -1,5 +1,5 @@
 """The `fetch` stage: materialise a model's checkpoint into artifacts/<name>/source, atomically, with provenance
-(source.json) and a sha256 manifest. Later stages read only this directory."""
+(source.json, layout.SOURCE_JSON) and a sha256 manifest. Later stages read only this directory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pipeline import fsutil, sources
 from pipeline.layout import SOURCE, SOURCE_JSON
 from pipeline.params import ModelParams
 from pipeline.record import measured
-
-PROVENANCE = SOURCE_JSON
 
 
 def stage(params, layout, model: str) -> dict:
@@ -35,7 +33,7 @@ def run(name: str, model: ModelParams, out: Path) -> dict:
             "revision": model.revision,
             **got,
         }
-        fsutil.write_json(tmp / PROVENANCE, provenance)
+        fsutil.write_json(tmp / SOURCE_JSON, provenance)
         files = fsutil.write_manifest(tmp)
         size = sum((tmp / f).stat().st_size for f in files)
     return {
