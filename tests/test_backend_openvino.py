@@ -3,6 +3,9 @@ the torch FP32 model, and the GenAI smoke run (CPU, and the NPU pipeline on CPU 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -13,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.params import Prompt, SmokeParams
 from tests import tiny
-from tests.conftest import assert_greedy
+from tests.conftest import ROOT, assert_greedy
 
 # Tracing inside optimum's export warns about every shape-dependent branch of the torch model; noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -86,6 +89,28 @@ def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
         for name in ("openvino_model.xml", "openvino_model.bin", *TOKENIZER_IRS, "config.json"):
             assert name in record["files"] and (ir / name).is_file()
         assert record["seconds"] > 0
+
+
+def test_fp16_ir_from_the_streamed_load_is_optimums_byte_for_byte(tmp_path):
+    """export_ir reads the checkpoint itself (pipeline/weights.py) instead of letting optimum's main_export map it:
+    on a bf16 checkpoint (loaded as float16 and traced with the 16-bit patch) every file is main_export's. Each
+    export in a process of its own, as the stage runs: OpenVINO numbers nodes from a per-process counter, and a
+    second trace in one process differs from the first."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = tiny.build("mini-4k", tmp_path / "bf16")
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(src)
+    calls = {"ours": "convert.export_ir(src, out)",
+             "theirs": "convert._optimum_export(src, out, __import__('optimum.intel').intel.OVConfig(dtype='fp16'))"}
+    for name, call in calls.items():
+        code = (f"from pathlib import Path; from pipeline.backends.openvino import convert; "
+                f"src, out = Path({str(src)!r}), Path({str(tmp_path / name)!r}); out.mkdir(); {call}")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    names = sorted(p.name for p in theirs.iterdir())
+    assert names == sorted(p.name for p in ours.iterdir()) and "openvino_model.bin" in names
+    assert [n for n in names if (ours / n).read_bytes() != (theirs / n).read_bytes()] == []
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -90,7 +90,7 @@ def _stages() -> dict[str, dict]:
 def _roots(name: str, stage: dict) -> list[str]:
     command = stage["cmd"].split()[1]
     roots = [cli.COMMANDS[command].function.split(":")[0]]
-    backend = name.split("-")[0]
+    backend = "openvino" if name == "ir" else name.split("-")[0]  # ir: openvino's export_ir
     if backend in BACKENDS:
         roots.append(f"pipeline.backends.{backend}")
         # the package's interface functions, loaded on first use (backends/common.provided)

@@ -242,3 +242,28 @@ def test_thresholds_by_variant_name_win_over_the_family(metrics_root):
     table, misses = report.run(gate, variants, metrics_root, metrics_root / "r.json")
     assert misses == []  # the broken artifact now meets the limits set for it by name; fp16 still gates ov-fp16
     assert table.count(" ok") == 3
+
+
+def test_a_16bit_checkpoint_is_referenced_exactly_at_half_the_memory(tmp_path):
+    """A bf16 checkpoint stays bf16 in memory and runs in float32 layer by layer: its reference is the one a float32
+    copy of the same weights gives, to the bit, and says how it was made."""
+    import torch
+    import transformers
+
+    from tests import tiny
+
+    tiny.build("3.5-mini", tmp_path / "bf16")  # longrope, scored past its original context by the long sequence
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "f32")):
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=dtype)
+        model.save_pretrained(tmp_path / name)
+        if name == "f32":
+            for f in (tmp_path / "bf16").iterdir():
+                if not (tmp_path / name / f.name).exists():
+                    shutil.copy(f, tmp_path / name / f.name)
+    evalset = reference.EvalSet(prompts=["What is the capital of France?"], text="The sea is calm. " * 5)
+    got = {name: reference.run(tmp_path / name, evalset, tmp_path / f"ref-{name}", max_new_tokens=MAX_NEW,
+                               top_k=TOP_K, long_sequence_tokens=LONG) for name in ("bf16", "f32")}
+    assert got["bf16"].pop("weights") == "bfloat16 in memory, upcast to float32 per layer when it runs"
+    assert "weights" not in got["f32"] and got["bf16"] == got["f32"]
+    a, b = reference.load(tmp_path / "ref-bf16")[1], reference.load(tmp_path / "ref-f32")[1]
+    assert all(np.array_equal(a[k], b[k]) for k in b)

@@ -32,6 +32,7 @@ from pipeline import fsutil
 from pipeline.backends.common import chat_text, source_ids, source_tokenizer, until_eos
 from pipeline.errors import PipelineError
 from pipeline.record import measured
+from pipeline.weights import checkpoint_dtype, load_causal_lm
 
 REFERENCE_JSON = "reference.json"
 LOGITS_NPZ = "logits.npz"
@@ -92,10 +93,18 @@ def run(
 ) -> dict:
     """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     source = Path(source)
-    model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+    stored = checkpoint_dtype(source)
+    if stored in ("bfloat16", "float16"):
+        # Every 16-bit value is exact in float32, so float32 arithmetic on weights upcast when a layer runs gives
+        # what a float32 copy of the model would, at half its memory (Phi-3-mini: 7.6 GB instead of 15.3).
+        model, info = load_causal_lm(source, None, label="reference")
+        _upcast_when_used(model)
+        weights = f"{stored} in memory, upcast to float32 per layer when it runs"
+    else:
+        model, info = load_causal_lm(source, torch.float32, label="reference")
+        weights = None
     check_loading(info, source)
     model.eval()
     eos = eos_ids(source)
@@ -143,11 +152,32 @@ def run(
 
     ref = {"top_k": top_k, "eos_ids": eos, "vocab": int(logits.shape[-1]), "max_new_tokens": max_new_tokens,
            "sequences": records}
+    if weights:  # only then: a float32 checkpoint's reference keeps its bytes
+        ref["weights"] = weights
     with fsutil.staged_dir(Path(out)) as tmp:
         np.savez_compressed(tmp / LOGITS_NPZ, **arrays)
         fsutil.write_json(tmp / REFERENCE_JSON, ref)
         fsutil.write_manifest(tmp)
     return ref
+
+
+def _upcast_when_used(model) -> None:
+    """Hold each module's parameters as stored and give its forward float32 copies, freed when it returns."""
+
+    def up(module, _args):
+        module._aipc_stored = [(p, p.data) for p in module.parameters(recurse=False)]
+        for p, data in module._aipc_stored:
+            p.data = data.float()
+
+    def down(module, _args, _out):
+        for p, data in module._aipc_stored:
+            p.data = data
+        del module._aipc_stored
+
+    for module in model.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            module.register_forward_pre_hook(up)
+            module.register_forward_hook(down)
 
 
 def load(reference_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -178,5 +208,7 @@ def stage(params, layout, model: str) -> dict:
         ref = run(source, load_evalset(Path(q.evalset)), layout.artifact(model, "reference"),
                   max_new_tokens=q.max_new_tokens, top_k=q.top_k, long_sequence_tokens=q.long_sequence_tokens)
         rec["sequences"] = [{k: s[k] for k in ("name", "len") if k in s} for s in ref["sequences"]]
+        if "weights" in ref:
+            rec["weights"] = ref["weights"]
     fsutil.write_json(layout.metrics(model, "reference", "reference"), rec)
     return rec

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
+from pipeline.weights import checkpoint_dtype, load_causal_lm
 
 if TYPE_CHECKING:
     from pipeline.params import SmokeParams
@@ -38,7 +40,9 @@ def export_ir(source: Path, out: Path) -> dict:
     start = time.perf_counter()
     # An OVConfig with a dtype also keeps optimum from applying its own int8 default to models over 1B parameters.
     try:
-        _optimum_export(source, out, OVConfig(dtype="fp16"))
+        _export_fp16(Path(source), Path(out), OVConfig(dtype="fp16"))
+    except PipelineError:
+        raise
     except Exception as e:
         raise PipelineError(f"optimum-intel could not export {source} to OpenVINO: {one_line(e)}") from e
     _require_tokenizer_irs(Path(out))
@@ -170,6 +174,30 @@ def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
         raise PipelineError(
             f"optimum-intel could not export {source} as {variant.weight_format}: {one_line(e)}"
         ) from e
+
+
+def _export_fp16(source: Path, out: Path, ov_config) -> None:
+    """What `_optimum_export` does for an FP16 IR, with the checkpoint read by pipeline/weights.py instead of
+    transformers' memory-mapped load (Phi-3-mini: 8.6 GB peak instead of 15.4; the files are byte-identical).
+
+    main_export's steps for a Phi-3 checkpoint, through optimum-intel's public export_from_model: a 16-bit checkpoint
+    is loaded as float16 and traced with the 16-bit patch, any other as stored; the preprocessors and the tokenizer
+    IRs as main_export makes them. Its model-size int8 default is skipped because the OVConfig has a dtype."""
+    import torch
+    from optimum.exporters.openvino import export_from_model
+    from optimum.exporters.openvino.__main__ import maybe_convert_tokenizers
+    from optimum.exporters.openvino.utils import load_preprocessors
+
+    dtype = torch.float16 if checkpoint_dtype(source) in ("float16", "bfloat16") else None
+    model, info = load_causal_lm(source, dtype, label="ir")
+    if info.get("missing_keys") or info.get("mismatched_keys"):
+        raise PipelineError(f"{source}: the checkpoint does not fill the model (missing or mismatched weights)")
+    preprocessors = load_preprocessors(str(source), model_type=model.config.model_type)
+    print(f"ir: tracing and converting {model.num_parameters() / 1e9:.2f}B parameters", file=sys.stderr, flush=True)
+    export_from_model(model=model, output=out, task=TASK, ov_config=ov_config, stateful=True,
+                      preprocessors=preprocessors, device="cpu", trust_remote_code=False,
+                      patch_16bit_model=model.dtype in (torch.float16, torch.bfloat16))
+    maybe_convert_tokenizers("transformers", out, model, preprocessors, task=TASK)
 
 
 def _optimum_export(source: Path, out: Path, ov_config) -> None:
