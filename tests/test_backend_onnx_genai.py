@@ -247,3 +247,43 @@ def test_export_needs_a_checkpoint_dir(tmp_path):
         onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("precision,provider", [("int4", "cpu"), ("fp16", "dml")])
+def test_builder_within_memory_writes_the_builders_bytes(precision, provider, tmp_path):
+    """The export reads a bf16 checkpoint as stored and quantizes the float graph from disk (builder._within_memory);
+    the builder's own create_model, called as its CLI calls it, writes the same bytes. Each in a process of its own,
+    as a stage runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    src = tiny.build("mini-4k", tmp_path / "bf16")
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16).save_pretrained(src)
+    head = f"""
+import shutil
+from pathlib import Path
+from pipeline.backends.onnx_genai import builder
+from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+variant = OnnxGenaiVariant(backend="onnx_genai", precision={precision!r}, execution_provider={provider!r})
+src = Path({str(src)!r})
+"""
+    calls = {
+        "ours": "builder.export(src, variant, out, ir_fp16=None, smoke=None)",
+        "theirs": """
+from onnxruntime_genai.models import builder as b
+args = (None, str(src), str(out), variant.precision, variant.execution_provider, str(out / "cache"))
+options = [f"{k}={v}" for k, v in builder.builder_options(variant).items()]
+with builder._git_hidden():
+    b.create_model(*args, **b.parse_extra_options(*args, options))
+shutil.rmtree(out / "cache", ignore_errors=True)
+""",
+    }
+    for name, call in calls.items():
+        code = f"{head}out = Path({str(tmp_path / name)!r}); out.mkdir()\n{call}"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    names = sorted(p.name for p in theirs.iterdir())
+    assert names == sorted(p.name for p in ours.iterdir()) and "model.onnx.data" in names
+    assert [n for n in names if (ours / n).read_bytes() != (theirs / n).read_bytes()] == []
