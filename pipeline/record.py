@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata
 import platform
 import resource
+import sys
 import time
 from collections.abc import Iterator
 
@@ -43,3 +44,20 @@ def measured(stage: str) -> Iterator[dict]:
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
     rec["peak_rss_mb"] = peak_rss_mb()
     rec["versions"] = versions()
+
+
+class Phases:
+    """Where a long job's wall time goes: `with phases("load"):` prints the step as it starts (so a 20-minute export
+    shows it is alive) and keeps its seconds in `phases.seconds`, in order."""
+
+    def __init__(self, label: str):
+        self.label, self.seconds = label, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        print(f"{self.label}: {name}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - t0, 2)

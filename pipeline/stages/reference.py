@@ -31,7 +31,7 @@ import yaml
 from pipeline import fsutil
 from pipeline.backends.common import chat_text, source_ids, source_tokenizer, until_eos
 from pipeline.errors import PipelineError
-from pipeline.record import measured
+from pipeline.record import Phases, measured
 from pipeline.weights import checkpoint_dtype, load_causal_lm
 
 REFERENCE_JSON = "reference.json"
@@ -89,29 +89,24 @@ def check_loading(info: dict, source: Path) -> None:
 
 
 def run(
-    source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int
+    source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int,
+    phases: Phases | None = None,
 ) -> dict:
     """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically."""
     import torch
 
     source = Path(source)
-    stored = checkpoint_dtype(source)
-    if stored in ("bfloat16", "float16"):
-        # Every 16-bit value is exact in float32, so float32 arithmetic on weights upcast when a layer runs gives
-        # what a float32 copy of the model would, at half its memory (Phi-3-mini: 7.6 GB instead of 15.3).
-        model, info = load_causal_lm(source, None, label="reference")
-        _upcast_when_used(model)
-        weights = f"{stored} in memory, upcast to float32 per layer when it runs"
-    else:
-        model, info = load_causal_lm(source, torch.float32, label="reference")
-        weights = None
+    phases = phases or Phases("reference")
+    with phases("load"):
+        model, info, weights = _load(source)
     check_loading(info, source)
     model.eval()
     eos = eos_ids(source)
     sequences: list[tuple[str, str, list[int], dict]] = []  # name, kind, ids, extra record
-    with torch.no_grad():
+    with torch.no_grad(), phases("greedy answers"):
         for i, prompt in enumerate(evalset.prompts):
             prompt_ids = source_ids(source, chat_text(source, prompt))
+            print(f"[reference] chat-{i}: up to {max_new_tokens} tokens after {len(prompt_ids)}", file=sys.stderr)
             gen = model.generate(
                 torch.tensor([prompt_ids]),
                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
@@ -127,15 +122,16 @@ def run(
                 "answer_ids": answer,
                 "answer": source_tokenizer(source).decode(answer, skip_special_tokens=True),
             }))
-        text_ids = source_ids(source, evalset.text)
-        if len(text_ids) < 2:
-            raise PipelineError("the eval text is shorter than two tokens; perplexity needs more")
-        sequences.append(("text", "text", text_ids, {}))
-        if long_sequence_tokens:
-            sequences.append(("long", "text", long_ids(text_ids, long_sequence_tokens), {}))
+    text_ids = source_ids(source, evalset.text)
+    if len(text_ids) < 2:
+        raise PipelineError("the eval text is shorter than two tokens; perplexity needs more")
+    sequences.append(("text", "text", text_ids, {}))
+    if long_sequence_tokens:
+        sequences.append(("long", "text", long_ids(text_ids, long_sequence_tokens), {}))
 
-        arrays: dict[str, np.ndarray] = {}
-        records = []
+    arrays: dict[str, np.ndarray] = {}
+    records = []
+    with torch.no_grad(), phases("score every sequence"):
         for name, kind, ids, extra in sequences:
             print(f"[reference] {name}: {len(ids)} tokens", file=sys.stderr)
             logits = model(torch.tensor([ids])).logits[0].float()
@@ -159,6 +155,20 @@ def run(
         fsutil.write_json(tmp / REFERENCE_JSON, ref)
         fsutil.write_manifest(tmp)
     return ref
+
+
+def _load(source: Path):
+    """(model, loading info, how its weights are held: None for a float32 copy)."""
+    import torch
+
+    stored = checkpoint_dtype(source)
+    if stored not in ("bfloat16", "float16"):
+        return *load_causal_lm(source, torch.float32, label="reference"), None
+    # Every 16-bit value is exact in float32, so float32 arithmetic on weights upcast when a layer runs gives what a
+    # float32 copy of the model would, at half its memory (Phi-3-mini: 7.6 GB instead of 15.3).
+    model, info = load_causal_lm(source, None, label="reference")
+    _upcast_when_used(model)
+    return model, info, f"{stored} in memory, upcast to float32 per layer when it runs"
 
 
 def _upcast_when_used(model) -> None:
@@ -204,9 +214,12 @@ def stage(params, layout, model: str) -> dict:
 
     q = params.quality
     source = layout.artifact(model, SOURCE)
+    phases = Phases("reference")
     with measured(f"reference@{model}") as rec:
         ref = run(source, load_evalset(Path(q.evalset)), layout.artifact(model, "reference"),
-                  max_new_tokens=q.max_new_tokens, top_k=q.top_k, long_sequence_tokens=q.long_sequence_tokens)
+                  max_new_tokens=q.max_new_tokens, top_k=q.top_k, long_sequence_tokens=q.long_sequence_tokens,
+                  phases=phases)
+        rec["phases"] = phases.seconds
         rec["sequences"] = [{k: s[k] for k in ("name", "len") if k in s} for s in ref["sequences"]]
         if "weights" in ref:
             rec["weights"] = ref["weights"]

@@ -18,6 +18,7 @@ from pipeline.backends.common import files_record, one_line, versions
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import check_graph, read_back
 from pipeline.errors import PipelineError
+from pipeline.record import Phases
 from pipeline.weights import load_causal_lm
 
 if TYPE_CHECKING:
@@ -50,18 +51,21 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path 
         raise PipelineError(f"{source}: no config.json; the ONNX Runtime GenAI builder needs a checkpoint directory")
     options = builder_options(variant)
     start = time.perf_counter()
+    phases = Phases("builder")
     try:
-        translated = _run_builder(source, variant, out, options)
+        translated = _run_builder(source, variant, out, options, phases)
     finally:
         shutil.rmtree(out / BUILDER_CACHE, ignore_errors=True)
     seconds = round(time.perf_counter() - start, 2)
-    graph = read_back(out)
-    check_graph(graph, variant)
+    with phases("read back"):
+        graph = read_back(out)
+        check_graph(graph, variant)
     record = {
         "variant": variant.model_dump(),
         "method": f"onnxruntime-genai model builder -p {variant.precision} -e {variant.execution_provider}",
         "extra_options": options,
         "seconds": seconds,
+        "phases": phases.seconds,
         "graph": graph,
         "files": files_record(out),
         "versions": versions("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch"),
@@ -71,12 +75,14 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path 
     return record
 
 
-def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str]) -> str | None:
+def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str],
+                 phases: Phases) -> str | None:
     # In process, through the same two calls its CLI makes (`python -m onnxruntime_genai.models.builder` runs
     # parse_extra_options, then create_model): the files are byte-identical to the CLI's, an export does not pay
     # the builder's ~6 s torch/transformers import again in a subprocess, and a failure arrives as an exception
     # rather than as stderr text. The CLI's --help cannot be used anyway (it crashes on a literal % in its text).
-    from onnxruntime_genai.models import builder
+    with phases("import"):
+        from onnxruntime_genai.models import builder
 
     # The quantizer logs two INFO lines per MatMul (and calls logging.basicConfig when imported); the builder's
     # own "Reading layer N" lines on stdout are progress enough.
@@ -87,7 +93,8 @@ def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: di
             extra = builder.parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])
             # parse_extra_options loaded the config (AutoConfig); create_model reads rope settings from that object.
             translated = _legacy_rope(extra["hf_details"]["hf_config"], source)
-            with _within_memory(source, quantized=variant.precision in ("int4", "int8")):
+            with _within_memory(source, phases, quantized=variant.precision in ("int4", "int8")), \
+                    phases("create_model in all (the steps above included)"):
                 builder.create_model(*args, **extra)
     except PipelineError:
         raise
@@ -134,7 +141,7 @@ def _legacy_rope(config, source: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _within_memory(source: Path, quantized: bool) -> Iterator[None]:
+def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[None]:
     """Two changes to how the builder (0.18) holds a model, neither to what it writes (tested byte for byte).
 
     - Its checkpoint load (Model.load_weights: a plain from_pretrained) makes a float32 copy of a bf16 checkpoint
@@ -156,14 +163,15 @@ def _within_memory(source: Path, quantized: bool) -> Iterator[None]:
     load_weights, save_model = base.Model.load_weights, base.Model.save_model
 
     def as_stored(self, input_path):
-        model, _info = load_causal_lm(source, None, label="builder")
+        with phases("load the checkpoint"):
+            model, _info = load_causal_lm(source, None, label="builder")
         return model
 
     def from_disk(self, out_dir):
         spill, out_dir = Path(self.cache_dir).absolute() / "float-graph", os.path.abspath(out_dir)  # chdir below
         spill.mkdir(parents=True, exist_ok=True)
-        print(f"Saving the float graph to {spill} to quantize it from disk", flush=True)
-        ir.save(self.model, spill / "model.onnx", external_data="model.onnx.data", size_threshold_bytes=0)
+        with phases(f"save the float graph to {spill} to quantize it from disk"):
+            ir.save(self.model, spill / "model.onnx", external_data="model.onnx.data", size_threshold_bytes=0)
         # Every reference to the torch tensors: the weights, and the graph and its values (their initializers are
         # lazy casts of those tensors).
         self.model = self.graph = self.weights = None
@@ -171,7 +179,7 @@ def _within_memory(source: Path, quantized: bool) -> Iterator[None]:
         gc.collect()
         self.model = ir.load(spill / "model.onnx")
         self.graph = self.model.graph
-        with contextlib.chdir(spill):
+        with contextlib.chdir(spill), phases("quantize and save (the builder's save_model)"):
             save_model(self, out_dir)
 
     base.Model.load_weights = as_stored

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
+from pipeline.record import Phases
 from pipeline.weights import checkpoint_dtype, load_causal_lm
 
 if TYPE_CHECKING:
@@ -38,9 +38,10 @@ def export_ir(source: Path, out: Path) -> dict:
     from optimum.intel import OVConfig
 
     start = time.perf_counter()
+    phases = Phases("ir")
     # An OVConfig with a dtype also keeps optimum from applying its own int8 default to models over 1B parameters.
     try:
-        _export_fp16(Path(source), Path(out), OVConfig(dtype="fp16"))
+        _export_fp16(Path(source), Path(out), OVConfig(dtype="fp16"), phases)
     except PipelineError:
         raise
     except Exception as e:
@@ -49,6 +50,7 @@ def export_ir(source: Path, out: Path) -> dict:
     return {
         "files": files_record(out),
         "seconds": round(time.perf_counter() - start, 2),
+        "phases": phases.seconds,
         "versions": versions("optimum-intel", "openvino", "openvino-tokenizers", "transformers", "torch"),
     }
 
@@ -59,6 +61,7 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
     exists, get a compiled blob."""
     out = Path(out)
     start = time.perf_counter()
+    phases = Phases("export")
     if variant.weight_format == "fp16":
         if ir_fp16 is None:
             export_ir(source, out)
@@ -70,24 +73,27 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
         if ir_fp16 is None:
             with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp16-") as tmp:
                 export_ir(source, Path(tmp))
-                _compress_ir(Path(tmp), variant, out)
+                _compress_ir(Path(tmp), variant, out, phases)
         else:
-            _compress_ir(Path(ir_fp16), variant, out)
+            _compress_ir(Path(ir_fp16), variant, out, phases)
         method = "NNCF compress_weights on the FP16 IR"
     else:
         _retrace(source, variant, out)
         method = "optimum-intel export with weight quantization (re-traced from the checkpoint)"
     _require_tokenizer_irs(out)
-    weights = weight_precisions(out / MODEL_XML, variant)
+    with phases("read back"):
+        weights = weight_precisions(out / MODEL_XML, variant)
     npu_record = {}
     if variant.npu:
         limits = smoke.npu_max_prompt_len, smoke.npu_min_response_len
-        npu_record["npu_preflight"] = npu.preflight(out, *limits, variant=variant)
-        npu_record["npu_blob"] = npu.compile_blob(out, *limits)
+        with phases("NPU pre-flight and blob"):
+            npu_record["npu_preflight"] = npu.preflight(out, *limits, variant=variant)
+            npu_record["npu_blob"] = npu.compile_blob(out, *limits)
     return {
         "variant": variant.model_dump(),
         "method": method,
         "seconds": round(time.perf_counter() - start, 2),
+        "phases": phases.seconds,
         "weights": weights,
         **npu_record,
         "files": files_record(out),
@@ -113,13 +119,16 @@ def _nncf_options(variant: OpenVINOVariant) -> dict:
     }
 
 
-def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path) -> None:
-    import nncf
-    import openvino as ov
+def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, phases: Phases) -> None:
+    with phases("import"):
+        import nncf
+        import openvino as ov
 
-    model = ov.Core().read_model(ir_fp16 / MODEL_XML)
+    with phases("read the FP16 IR"):
+        model = ov.Core().read_model(ir_fp16 / MODEL_XML)
     try:
-        compressed = nncf.compress_weights(model, **_nncf_options(variant))
+        with phases("compress"):
+            compressed = nncf.compress_weights(model, **_nncf_options(variant))
     except nncf.InvalidGroupSizeError as e:
         raise _group_size_error(variant, e) from None
     # The FP16 IR asks the CPU plugin for an f16 KV cache (runtime_options.KV_CACHE_PRECISION); optimum removes
@@ -132,7 +141,8 @@ def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path) -> None:
     # compress_to_fp16=False, as optimum saves compressed models: the default (True) would only touch the remaining
     # f32 constants, never the int4/int8 weights. The one difference from a CLI int4 export that remains: small
     # non-weight constants (rotary inv_freq) stay f16 as the FP16 IR stored them, where the CLI keeps f32.
-    ov.save_model(compressed, out / MODEL_XML, compress_to_fp16=False)
+    with phases("save"):
+        ov.save_model(compressed, out / MODEL_XML, compress_to_fp16=False)
     # Tokenizer IRs, configs, tokenizer files, chat template: everything optimum wrote beside the model.
     for path in ir_fp16.iterdir():
         if path.name not in (MODEL_XML, MODEL_BIN, MANIFEST):
@@ -176,28 +186,31 @@ def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
         ) from e
 
 
-def _export_fp16(source: Path, out: Path, ov_config) -> None:
+def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
     """What `_optimum_export` does for an FP16 IR, with the checkpoint read by pipeline/weights.py instead of
     transformers' memory-mapped load (Phi-3-mini: 8.6 GB peak instead of 15.4; the files are byte-identical).
 
     main_export's steps for a Phi-3 checkpoint, through optimum-intel's public export_from_model: a 16-bit checkpoint
     is loaded as float16 and traced with the 16-bit patch, any other as stored; the preprocessors and the tokenizer
     IRs as main_export makes them. Its model-size int8 default is skipped because the OVConfig has a dtype."""
-    import torch
-    from optimum.exporters.openvino import export_from_model
-    from optimum.exporters.openvino.__main__ import maybe_convert_tokenizers
-    from optimum.exporters.openvino.utils import load_preprocessors
+    with phases("import"):
+        import torch
+        from optimum.exporters.openvino import export_from_model
+        from optimum.exporters.openvino.__main__ import maybe_convert_tokenizers
+        from optimum.exporters.openvino.utils import load_preprocessors
 
-    dtype = torch.float16 if checkpoint_dtype(source) in ("float16", "bfloat16") else None
-    model, info = load_causal_lm(source, dtype, label="ir")
-    if info.get("missing_keys") or info.get("mismatched_keys"):
-        raise PipelineError(f"{source}: the checkpoint does not fill the model (missing or mismatched weights)")
-    preprocessors = load_preprocessors(str(source), model_type=model.config.model_type)
-    print(f"ir: tracing and converting {model.num_parameters() / 1e9:.2f}B parameters", file=sys.stderr, flush=True)
-    export_from_model(model=model, output=out, task=TASK, ov_config=ov_config, stateful=True,
-                      preprocessors=preprocessors, device="cpu", trust_remote_code=False,
-                      patch_16bit_model=model.dtype in (torch.float16, torch.bfloat16))
-    maybe_convert_tokenizers("transformers", out, model, preprocessors, task=TASK)
+    with phases("load"):
+        dtype = torch.float16 if checkpoint_dtype(source) in ("float16", "bfloat16") else None
+        model, info = load_causal_lm(source, dtype, label="ir")
+        if info.get("missing_keys") or info.get("mismatched_keys"):
+            raise PipelineError(f"{source}: the checkpoint does not fill the model (missing or mismatched weights)")
+        preprocessors = load_preprocessors(str(source), model_type=model.config.model_type)
+    with phases(f"trace, convert and save {model.num_parameters() / 1e9:.2f}B parameters"):
+        export_from_model(model=model, output=out, task=TASK, ov_config=ov_config, stateful=True,
+                          preprocessors=preprocessors, device="cpu", trust_remote_code=False,
+                          patch_16bit_model=model.dtype in (torch.float16, torch.bfloat16))
+    with phases("tokenizer IRs"):
+        maybe_convert_tokenizers("transformers", out, model, preprocessors, task=TASK)
 
 
 def _optimum_export(source: Path, out: Path, ov_config) -> None:
