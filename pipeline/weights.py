@@ -1,9 +1,12 @@
-"""A checkpoint's tensors read with plain file reads, one tensor at a time, never memory-mapped.
+"""A checkpoint's tensors, held the cheapest way for what the caller needs.
 
 transformers (and safetensors' own loader) map every shard and touch all of it while converting dtypes, so a
 Phi-3-mini load peaks at the converted model plus the whole 7.6 GB checkpoint in mapped pages (measured: optimum's
-FP16 export at 15.4 GB, 2.0x the weights). Read here, a tensor's file bytes pass through the page cache, which is not
-the process's memory, and only the converted copy stays: the peak is the model plus one tensor.
+FP16 export at 15.4 GB, 2.0x the weights). Here:
+- converted to another dtype, a tensor is read with a plain file read: its bytes pass through the page cache, which
+  is not the process's memory, and only the converted copy stays (the peak is the model plus one tensor);
+- as stored, a tensor is a copy-on-write view of the mapped shard: resident only while touched, and clean pages
+  the kernel can drop under pressure, so a checkpoint larger than RAM still loads (Phi-3-medium: 28 GB).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
     shards = sorted(Path(source).glob("*.safetensors"))
     if not shards:
         raise PipelineError(f"{source}: no *.safetensors weights")
+    import numpy as np
+
     tensors: dict[str, torch.Tensor] = {}
     for i, shard in enumerate(shards, 1):
         if label:
@@ -43,15 +48,20 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
             (size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(size))
             header.pop("__metadata__", None)
+            mapped = np.memmap(shard, dtype=np.uint8, mode="c", offset=8 + size)  # copy-on-write: never the file
             for name, meta in header.items():
                 stored = SAFETENSORS_DTYPES.get(meta["dtype"])
                 if stored is None:
                     raise PipelineError(f"{shard}: {name} is {meta['dtype']}; only BF16, F16 and F32 are read")
                 start, end = meta["data_offsets"]
-                raw = torch.empty(end - start, dtype=torch.uint8)
-                f.seek(8 + size + start)
-                if f.readinto(memoryview(raw.numpy())) != end - start:
+                if end > len(mapped):
                     raise PipelineError(f"{shard}: truncated in {name}")
+                if dtype is None or getattr(torch, stored) == dtype:
+                    raw = torch.from_numpy(mapped[start:end])
+                else:
+                    raw = torch.empty(end - start, dtype=torch.uint8)
+                    f.seek(8 + size + start)
+                    f.readinto(memoryview(raw.numpy()))
                 tensor = raw.view(getattr(torch, stored)).reshape(meta["shape"])
                 tensors[name] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
     return tensors

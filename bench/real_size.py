@@ -1,0 +1,127 @@
+"""Every route at real size: a synthetic Phi-3 checkpoint (exact published config, seeded random BF16 weights) through
+`dvc repro`, one stage at a time, and the table README's "At real size" shows.
+
+    python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--keep]
+    python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
+
+CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
+phi-3.5-mini-instruct, phi-3-medium-4k-instruct). DIR (default /tmp/aipc-real-size/CONFIG) becomes a clone of this
+checkout with params.yaml naming only that model and the chosen routes' variants; stages run with this checkout's
+venv and the clone's code. Each route's package stages are the targets, so fetch, ir, reference, export, smoke and
+quality run on the way (DVC runs one stage at a time). Logs: DIR/logs/<route>.log.
+
+The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
+peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
+where the time went. Peak RSS is the stage process's ru_maxrss (GNU time's "Maximum resident set size"): it counts
+mapped file pages too. Afterwards the multi-GB artifacts and DVC cache are deleted unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHORT = {"phi-3-mini-4k-instruct": "mini4k", "phi-3-mini-128k-instruct": "mini128k",
+         "phi-3.5-mini-instruct": "mini35", "phi-3-medium-4k-instruct": "medium4k"}
+ROUTES = ("openvino", "onnx_genai", "npu_library")
+
+
+def setup(config: str, project: Path, routes: list[str]) -> str:
+    if not (project / ".git").is_dir():
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(project)], check=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    model = SHORT[config]
+    params["models"] = {model: {"source": "synthetic", "id": config, "revision": "seed:0"}}
+    params["variants"] = {b: (v if b in routes else {}) for b, v in params["variants"].items()}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stale in ("dvc.lock", "metrics", "reports"):
+        path = project / stale
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return model
+
+
+def run(project: Path, model: str, routes: list[str]) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project),
+           "DVC_NO_ANALYTICS": "1"}
+    (project / "logs").mkdir(exist_ok=True)
+    for route in routes:
+        targets = [f"{route}-package@{model}-{v}" for v in params["variants"][route]]
+        t0 = time.perf_counter()
+        with open(project / "logs" / f"{route}.log", "w") as log:
+            rc = subprocess.run([str(BIN / "dvc"), "repro", "--keep-going", *targets], cwd=project, env=env,
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+        print(f"{route}: dvc repro of {len(targets)} package targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
+              flush=True)
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def table(project: Path, model: str) -> str:
+    metrics = project / "metrics" / model
+    source = project / "artifacts" / model / "source"
+    weights = sum(p.stat().st_size for p in source.glob("*.safetensors")) if source.is_dir() else None
+    if weights is None:  # artifacts already deleted: the fetch record kept the file sizes
+        fetched = json.loads((metrics / "source/fetch.json").read_text())
+        weights = sum(size for name, size in (fetched.get("fetch", {}).get("files") or {}).items()
+                      if name.endswith(".safetensors"))
+    rows = ["| stage | wall | peak RSS | FP16 weights | RSS / weights | on disk | where the time went |",
+            "|---|---|---|---|---|---|---|"]
+    order = ["source/fetch", "ir-fp16/export", "reference/reference"]
+    found = sorted(metrics.glob("*/*.json"), key=lambda p: (
+        order.index(f"{p.parent.name}/{p.stem}") if f"{p.parent.name}/{p.stem}" in order else len(order),
+        p.stem != "export", p.stem != "smoke", p.parent.name, p.stem))
+    for path in found:
+        rec = json.loads(path.read_text())
+        if "peak_rss_mb" not in rec:
+            continue
+        stage = rec.get("stage") or f"{path.parent.name}/{path.stem}"
+        rss = rec["peak_rss_mb"] * 2**20
+        out = project / "artifacts" / model / path.parent.name
+        disk = _du(out) if path.stem in ("export", "fetch", "reference") and out.exists() else None
+        phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or {}
+        went = ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "
+                    f"{rss / weights:.2f} | {f'{disk / 1e9:.2f} GB' if disk is not None else ''} | {went} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("config", choices=sorted(SHORT))
+    ap.add_argument("--dir", type=Path)
+    ap.add_argument("--routes", default="openvino,onnx_genai", help=f"comma-separated, of {', '.join(ROUTES)}")
+    ap.add_argument("--table", action="store_true", help="only print the table of a finished run in --dir")
+    ap.add_argument("--keep", action="store_true", help="keep the artifacts and DVC cache (many GB)")
+    args = ap.parse_args()
+    project = (args.dir or Path("/tmp/aipc-real-size") / args.config).resolve()
+    routes = [r for r in args.routes.split(",") if r]
+    if unknown := sorted(set(routes) - set(ROUTES)):
+        sys.exit(f"--routes: unknown {', '.join(unknown)} (known: {', '.join(ROUTES)})")
+    model = SHORT[args.config]
+    if not args.table:
+        project.mkdir(parents=True, exist_ok=True)
+        setup(args.config, project, routes)
+        run(project, model, routes)
+    print(table(project, model))
+    if not args.table and not args.keep:
+        for scratch in (project / "artifacts" / model, project / "releases", project / ".dvc" / "cache"):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
