@@ -381,10 +381,14 @@ def push(params, layout, remote: str | None = None, targets: list[str] | None = 
     which the run cache keeps in .dvc/cache when it saves a run): another machine then finds the entry, misses the
     metrics file and reruns the stage. repo.used_objs(used_run_cache=...) still knows those objects; push them.
     """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     with Repo(str(layout.root)) as repo:
-        repo.push(targets=targets or None, remote=remote, run_cache=True)
+        try:
+            repo.push(targets=targets or None, remote=remote, run_cache=True)
+        except DvcException as e:
+            raise PipelineError(f"dvc push{f' -r {remote}' if remote else ''}: {' '.join(str(e).split())}") from None
         used = [(Path(p).parent.name, Path(p).name) for p in _run_entries(repo)]
         objs = set().union(*repo.stage_cache.get_used_objs(used).values()) if used else set()
         result = repo.cloud.push(objs, remote=remote)
