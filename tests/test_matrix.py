@@ -84,10 +84,12 @@ def matrix(tmp_path_factory, tiny_model):
     the publish job's commands (hub stand-in, dvc push to the same remote). Planted credentials in the environment
     of every process."""
     base = tmp_path_factory.mktemp("matrix")
-    saved = {k: os.environ.get(k) for k in (*PLANTED, "HOME", "DVC_SITE_CACHE_DIR", "HF_HOME")}
+    saved = {k: os.environ.get(k) for k in (*PLANTED, "HOME", "DVC_SITE_CACHE_DIR", "HF_HOME", "TMPDIR")}
     # everything the processes write lands under `base`, where the scan below looks
+    for d in ("home", "tmp"):
+        (base / d).mkdir()
     os.environ.update(PLANTED, HOME=str(base / "home"), DVC_SITE_CACHE_DIR=str(base / "dvc-site"),
-                      HF_HOME=str(base / "hf"))
+                      HF_HOME=str(base / "hf"), TMPDIR=str(base / "tmp"))
     published: dict = {}
     try:
         params = _params({"mini": {"source": "local", "id": str(tiny_model)}}, ["ort-cpu-int4"])
