@@ -41,8 +41,8 @@ GB = 1e9
 # Hosted runners (GitHub's documentation): 16 GB RAM; about 14 GB of free disk. `--runner NAME=RAM,DISK` adds one.
 RUNNERS = {"ubuntu-latest": (16.0, 14.0)}
 WINDOWS = "windows-latest"
-# `make setup` on this project's machines: .venv 2.2 GB + .venv-npu 1.6 GB, before any data.
-SETUP_GB = 3.8
+# `make setup` on this project's machines (du -s): .venv 2.2 GB + .venv-npu 2.0 GB, before any data.
+SETUP_GB = 4.2
 
 # stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes. Measured at full
 # Phi-3-mini-4k size, one stage at a time (shared DESIGN.md, "Facts: full size"): fetch, ir, export of ov-int4 and
