@@ -17,8 +17,8 @@ Checks (exit status 1 when one fails):
   - the assembling job ran no fetch/ir/reference/export/smoke/quality/runner stage (its own step also refuses);
   - every artifacts/ output hash in the assembled dvc.lock equals a single-machine `dvc repro`'s, and every
     releases/ output too once both are packaged from the same measurements (the cards quote timings);
-  - --kill JOB: that job is killed while its second target runs, then rerun alone in a fresh clone: it converges
-    to the same hashes and reruns no stage that had finished.
+  - --kill JOB: that job is killed during the second stage it runs, then rerun alone in a fresh clone: it
+    converges to the same hashes and reruns no stage that had finished.
 """
 
 from __future__ import annotations
@@ -114,10 +114,15 @@ def clone(origin: Path, dest: Path) -> Path:
     return dest
 
 
-def run_job(level: str, entry: dict, origin: Path, workdir: Path, secret: dict, kill_while: str | None = None,
+def _working(log: str) -> list[str]:
+    return [s for s in RAN.findall(log) if s != "check"]
+
+
+def run_job(level: str, entry: dict, origin: Path, workdir: Path, secret: dict, kill: bool = False,
             attempt: str = "") -> dict:
-    """One job: a fresh clone, then its workflow steps under bash -eo pipefail (GitHub's `shell: bash`). With
-    kill_while, the job's process group is killed once that stage starts running. Returns its log and what ran."""
+    """One job: a fresh clone, then its workflow steps under bash -eo pipefail (GitHub's `shell: bash`). With kill,
+    the job's process group is killed a second into the second stage it runs (after one has finished). Returns its
+    log and what ran."""
     name = entry["job"] + attempt
     where = clone(origin, workdir / re.sub(r"[^A-Za-z0-9_.-]", "_", name))
     log = workdir / f"{where.name}.log"
@@ -130,7 +135,7 @@ def run_job(level: str, entry: dict, origin: Path, workdir: Path, secret: dict, 
                                     start_new_session=True)
             killed = False
             while proc.poll() is None:
-                if kill_while and f"Running stage '{kill_while}'" in log.read_text():
+                if kill and len(_working(log.read_text())) >= 2:
                     time.sleep(1.0)  # well inside the stage
                     os.killpg(proc.pid, signal.SIGKILL)
                     killed = True
@@ -189,9 +194,8 @@ def run(origin: Path, workdir: Path, parallel: int = 2, kill: str | None = None,
             with ThreadPoolExecutor(max_workers=parallel) as pool:
                 def go(e, level=level):
                     if e["job"] == kill:
-                        second = e["targets"].split()[1]
-                        first_try = run_job(level, e, origin, workdir, secret, kill_while=second, attempt="-killed")
-                        killed_stage[e["job"]] = second
+                        first_try = run_job(level, e, origin, workdir, secret, kill=True, attempt="-killed")
+                        killed_stage[e["job"]] = (_working(first_try["log"]) or [""])[-1]
                         return [first_try, run_job(level, e, origin, workdir, secret, attempt="-rerun")]
                     return [run_job(level, e, origin, workdir, secret)]
                 for out in pool.map(go, entries):
@@ -222,8 +226,8 @@ def run(origin: Path, workdir: Path, parallel: int = 2, kill: str | None = None,
         rerun = next(r for r in results if r["job"] == f"{kill}-rerun")
         finished = [s for s in killed["ran"] if s not in ("check", killed_stage[kill])]
         again = sorted(set(finished) & set(rerun["ran"]))
-        if not finished:
-            failures.append(f"{kill} was killed before any stage finished: nothing to check")
+        if not killed["killed"] or not finished:
+            failures.append(f"{kill} was not killed after a finished stage: nothing to check")
         if again:
             failures.append(f"the rerun of {kill} reran {again}, which had finished before the kill")
     out = {"jobs": [{k: r[k] for k in ("job", "wall_s", "ran", "killed")} for r in results],
@@ -245,7 +249,7 @@ def main() -> int:
     ap.add_argument("--project", type=Path, default=ROOT, help="a git repository to clone (default: this one)")
     ap.add_argument("--workdir", type=Path, help="where the clones and the S3 store go (default: a temp dir)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at once (default 2: this machine's cores)")
-    ap.add_argument("--kill", metavar="JOB", help="kill this job during its second target, then rerun it")
+    ap.add_argument("--kill", metavar="JOB", help="kill this job during its second stage, then rerun it")
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="matrix-local-"))
     result = run(args.project, workdir, args.parallel, args.kill)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,21 +52,33 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     assert "reference@smollm2" in plan["assemble"][0]["restore"].split()
 
 
-def test_a_stage_no_runner_holds_is_refused_by_name_and_a_bigger_runner_takes_it(tmp_path):
+def _synthetic(tmp_path, config: str) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"] = {"phi3": {"source": "synthetic", "id": "phi-3-mini-4k-instruct", "revision": "seed:0"}}
-    proj = project.make(tmp_path, params)
+    params["models"] = {"phi3": {"source": "synthetic", "id": config, "revision": "seed:0"}}
+    return project.make(tmp_path, params)
+
+
+def test_a_job_no_runner_holds_is_refused_by_name_and_a_bigger_runner_takes_it(tmp_path):
+    # Phi-3-mini: the source and its FP16 IR alone are 15.4 GB, more than a hosted runner's free disk
+    proj = _synthetic(tmp_path, "phi-3-mini-4k-instruct")
     refused = _plan(proj)
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.strip().splitlines()[-1] == (
-        "aipc: error: matrix: reference@phi3 needs 21.3 GB of RAM (estimated) but the largest runner, ubuntu-latest, "
-        "holds 16 GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
+        "aipc: error: matrix: job upstream@phi3 needs 19.6 GB of disk (environment 4.2 + pulled 0.0 + built 15.4) but "
+        "the largest runner, ubuntu-latest, has 14 GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
     plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300").stdout)
     runs_on = {j["job"]: j["runs-on"] for level in ("upstream", "build", "assemble") for j in plan[level]}
     assert runs_on["upstream@phi3"] == "linux-8core" and runs_on["native"] == "ubuntu-latest"
-    # source + FP16 IR (2 x 7.6 GB) pulled plus the environment: more disk than a hosted runner has
     ov = next(j for j in plan["build"] if j["job"] == "openvino@phi3")
     assert ov["disk_gb"] > 14 and ov["runs-on"] == "linux-8core" and ov["estimated"]
+
+
+def test_a_stage_that_needs_more_memory_than_any_runner_is_refused_by_name(tmp_path):
+    proj = _synthetic(tmp_path, "phi-3-medium-4k-instruct")  # 14B parameters: 28 GB in FP16
+    refused = _plan(proj, "--runner", "linux-8core=32,300")
+    assert re.fullmatch(r"aipc: error: matrix: reference@phi3 needs (\d+\.\d) GB of RAM \(estimated\) but the largest "
+                        r"runner, linux-8core, holds 32 GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB",
+                        refused.stderr.strip().splitlines()[-1]), refused.stderr
 
 
 def test_scale_on_paper(tmp_path):
