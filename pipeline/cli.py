@@ -72,6 +72,20 @@ COMMANDS = {
                            (("--endpoint",), {"help": "hub URL (default: HF_ENDPOINT or huggingface.co)"}),
                            (("--dry-run",), {"action": "store_true", "help": "print the plan; write nothing"}),
                            (("--dvc-remote",), {"metavar": "NAME", "help": "also `dvc push -r NAME`"}))),
+    "matrix": Command("pipeline.stages.matrix:stage", "the CI job matrix (JSON for GitHub Actions' fromJSON): "
+                      "which dvc repro targets each job owns, on which runner; not a DVC stage", (
+                          (("--scale",), {"type": int, "dest": "scale_models", "metavar": "N",
+                                          "help": "summary for N synthetic models x params.yaml's variants"}),
+                          (("--like",), {"default": "phi-3-mini-4k-instruct",
+                                         "help": "the published config the --scale models copy"}),
+                          (("--runner",), {"action": "append", "metavar": "NAME=RAM_GB,DISK_GB",
+                                           "help": "a runner jobs may use (ubuntu-latest=16,14 always)"}),
+                          (("--github-output",), {"type": Path, "metavar": "FILE",
+                                                  "help": "also append key=json lines (GITHUB_OUTPUT)"}))),
+    "push": Command("pipeline.stages.matrix:push", "dvc push --run-cache, with the metrics files the run-cache "
+                    "entries name (a CI job's last step)", (
+                        (("-r", "--remote"), {}),
+                        (("targets",), {"nargs": "*", "help": "dvc.yaml stages (default: all)"}))),
 }
 GLOBAL = ("params", "root", "debug", "command")
 

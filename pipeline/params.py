@@ -154,6 +154,12 @@ class Params(Strict):
         return self
 
 
+def configured(params: Params) -> list[tuple[str, str, str]]:
+    """Every (model, backend, variant) that params.yaml asks to build, in the file's order: what the CI job matrix
+    (pipeline/stages/matrix.py) and the report are planned from."""
+    return [(model, variant.backend, name) for model in params.models for name, variant in params.variants.items()]
+
+
 def require(params: Params, model: str | None = None, variants: list[str] | tuple[str, ...] = ()) -> None:
     """Fail in one line if `model` or any of `variants` is not in params.yaml."""
     if model is not None and model not in params.models:

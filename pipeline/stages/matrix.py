@@ -1,0 +1,404 @@
+"""`aipc matrix`: the CI job matrix, from params.yaml and dvc.yaml. Not a DVC stage: DVC is no executor (one machine,
+no parallel stages), so the fan-out is the CI system's job matrix and the shared state is the DVC remote and its run
+cache (.github/workflows/release.yml consumes this; bench/matrix_local.py runs the same jobs as local processes).
+
+Jobs, in the order they run (each level needs every job of the one before; GitHub Actions cannot do finer):
+  upstream  one per model: fetch@m, ir@m, reference@m (what every backend of m reads); and `native`: runner_wheel
+            and build_native@* (model-independent)
+  build     one per (model x backend group): <backend>-{export,smoke,quality}@m-v for each configured variant v of
+            that backend (openvino's also runs runner@m, which reads the FP16 IR and the runner wheel)
+  windows   one per model with DirectML variants when a `dml` native target is configured: the DirectML runtime built
+            natively and the DML smoke on the runner's GPU (not DVC stages: DirectML exists only there)
+  assemble  report and every <backend>-package@m-v; pulls the rest, which must all be up to date
+
+Every job runs `check` (always_changed by design, cheap) and restores what earlier jobs pushed from the remote's run
+cache. The split is checked against DVC's own graph: a stage reading an output of a job that is not earlier (or its
+own) is an error, as is a dvc.yaml stage no job owns.
+
+Sizes: each stage's peak RSS and wall time come from its metrics JSON (`peak_rss_mb`, `wall_s`, written by every
+stage) and its output bytes from dvc.lock, where recorded; otherwise they are estimated from the model's FP16 bytes
+(parameter count from its config) with the ratios measured at full Phi-3-mini size (ESTIMATE, shared DESIGN.md). A job
+goes to the first runner that holds it (RAM: its largest stage; disk: the environment, its inputs pulled and its
+outputs); a build job too big for any runner is split into one job per variant, and a stage too big for every runner
+is refused, naming the stage, what it needs and what the largest runner holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.params import Params, configured
+
+GB = 1e9
+# Hosted runners (GitHub's documentation): 16 GB RAM; about 14 GB of free disk. `--runner NAME=RAM,DISK` adds one.
+RUNNERS = {"ubuntu-latest": (16.0, 14.0)}
+WINDOWS = "windows-latest"
+# `make setup` on this project's machines (du -s): .venv 2.2 GB + .venv-npu 2.0 GB, before any data.
+SETUP_GB = 4.2
+
+# stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes. Measured at full
+# Phi-3-mini-4k size (7.64 GB), one stage at a time (shared DESIGN.md, "Facts: full size"): fetch, ir, the exports
+# of ov-int4 and ort-cpu-int4, smoke, reference, quality; ir's and the builder's peaks as re-measured after they
+# stopped memory-mapping the checkpoint (8.6 and 9.9 GB, commits 27684b6 and d47cac6); the reference's derived: its
+# 21.3 GB less the 7.7 GB float32 copy of the weights that 27684b6 removed. GUESSES (no full-size run yet): the
+# npu_library export, runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
+ESTIMATE = {
+    "fetch": (0.01, 4.2, 1.0), "ir": (1.13, 9.2, 1.0), "reference": (1.78, 36.9, 0.01),
+    "openvino-export": (1.43, 11.3, None), "onnx_genai-export": (1.30, 13.1, None),
+    "npu_library-export": (2.0, 13.0, None),
+    "openvino-smoke": (0.79, 3.7, 0.0), "onnx_genai-smoke": (0.5, 3.0, 0.0), "npu_library-smoke": (0.8, 5.0, 0.0),
+    "openvino-quality": (2.03, 24.5, 0.0), "onnx_genai-quality": (2.03, 24.5, 0.0),
+    "npu_library-quality": (2.03, 24.5, 0.0),
+    "runner": (1.0, 5.0, 0.0), "package": (0.0, 0.5, 0.0), "report": (0.0, 0.0, 0.0),
+    "runner_wheel": (0.0, 0.0, 0.0), "build_native": (0.0, 0.0, 0.0),
+}
+PRECISION = {"fp32": 2.0, "fp16": 1.0, "int8": 0.55, "int4": 0.35}
+FLOOR_RSS_GB, FLOOR_S = 1.0, 20.0  # python + torch imports: no stage costs less (measured: 0.1-2 GB, 5-20 s)
+
+
+@dataclass
+class Stage:
+    name: str
+    model: str | None
+    kind: str
+    rss_gb: float = 0.0
+    wall_s: float = 0.0
+    out_gb: float = 0.0
+    estimated: bool = False
+    producers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Job:
+    name: str
+    level: str  # upstream | build | assemble
+    stages: list[str]
+    runs_on: str = "ubuntu-latest"
+    rss_gb: float = 0.0
+    disk_gb: float = 0.0
+    wall_s: float = 0.0
+    pull_gb: float = 0.0
+    push_gb: float = 0.0
+
+
+LEVELS = ("upstream", "build", "assemble")
+
+
+def _ownership(params: Params) -> tuple[list[Job], dict[str, tuple[str, str | None]]]:
+    """Who builds what, from the configured (model, backend, variant) triples; and each stage's (model, family)."""
+    jobs = {f"upstream@{m}": Job(f"upstream@{m}", "upstream", [f"fetch@{m}", f"ir@{m}", f"reference@{m}"])
+            for m in params.models}
+    jobs["native"] = Job("native", "upstream", ["runner_wheel", *(f"build_native@{t}" for t in params.native)])
+    assemble = Job("assemble", "assemble", ["report"])
+    model_of: dict[str, tuple[str, str | None]] = {}
+    for model, backend, variant in configured(params):
+        job = jobs.setdefault(f"{backend}@{model}", Job(f"{backend}@{model}", "build", []))
+        names = [f"{backend}-{kind}@{model}-{variant}" for kind in ("export", "smoke", "quality", "package")]
+        job.stages += names[:3]
+        assemble.stages.append(names[3])
+        model_of.update((n, (model, params.variants[variant].family)) for n in names)
+    for model in params.models:  # the runner decodes the FP16 IR: it goes with the model's OpenVINO job
+        jobs.setdefault(f"openvino@{model}", Job(f"openvino@{model}", "build", [])).stages.append(f"runner@{model}")
+        model_of.update((f"{kind}@{model}", (model, None)) for kind in ("fetch", "ir", "reference", "runner"))
+    return [*jobs.values(), assemble], model_of
+
+
+def _graph(root: Path) -> dict[str, tuple[list[str], list[tuple[str, bool]]]]:
+    """DVC's own view of dvc.yaml: stage -> (dep paths, [(out path, cached)])."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {s.name: ([d.def_path for d in s.deps], [(o.def_path, o.use_cache) for o in s.outs])
+                for s in repo.index.stages}
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def fp16_bytes(config: dict) -> float:
+    """A Phi-3 config's parameter count x 2 bytes."""
+    h, layers, inter, vocab = (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"],
+                               config["vocab_size"])
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    qkv = h * (heads + 2 * kv) * (h // heads)
+    per_layer = qkv + h * h + 3 * h * inter + 2 * h
+    embeddings = vocab * h * (1 if config.get("tie_word_embeddings") else 2)
+    return 2.0 * (layers * per_layer + embeddings + h)
+
+
+def _config(root: Path, model: str, spec) -> dict | None:
+    """The model's config.json without fetching it: the fetched one, the published one (synthetic, or a hub id we
+    ship the config of), or a local checkpoint's."""
+    configs = Path(__file__).resolve().parents[1] / "sources" / "configs"
+    candidates = [root / "artifacts" / model / "source" / "config.json"]
+    if spec.source == "synthetic":
+        candidates.append(configs / f"{spec.id}.json")
+    elif spec.source == "hub":
+        candidates.append(configs / f"{spec.id.split('/')[-1].lower()}.json")
+    elif spec.source == "local":
+        candidates.append(Path(spec.id) / "config.json")
+    return next((json.loads(p.read_text()) for p in candidates if p.is_file()), None)
+
+
+def _measure(params: Params, root: Path, graph: dict, model_of: dict) -> dict[str, Stage]:
+    lock = {}
+    if (root / "dvc.lock").is_file():
+        lock = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
+    producer = {path: name for name, (_, outs) in graph.items() for path, _ in outs if name != "check"}
+    fp16: dict[str, float | None] = {}
+    stages: dict[str, Stage] = {}
+    for name, (deps, outs) in graph.items():
+        if name == "check":
+            continue
+        kind = name.split("@")[0]
+        model, family = model_of.get(name, (None, None))
+        st = Stage(name, model, kind)
+        st.producers = {p for o, p in producer.items() if p != name and any(_inside(o, d) or _inside(d, o)
+                                                                              for d in deps)}
+        metrics = [p for p, cached in outs if not cached and p.startswith("metrics/") and p.endswith(".json")]
+        recorded = lock.get(name, {}).get("outs")
+        measured = json.loads((root / metrics[0]).read_text()) if metrics and (root / metrics[0]).is_file() else {}
+        # releases are hard links to artifacts already in the cache and the remote: no new bytes but the card
+        data = [o for o in recorded or [] if o["path"].startswith("artifacts/")]
+        if recorded is not None:  # ran here: what dvc.lock and its metrics say (the floor where they say nothing)
+            st.out_gb = sum(o.get("size", 0) for o in data) / GB
+            st.rss_gb = measured.get("peak_rss_mb", FLOOR_RSS_GB * 1e3) / 1e3
+            st.wall_s = measured.get("wall_s", 0.0)
+        else:
+            st.estimated = True
+            rss, s_per_gb, out = ESTIMATE.get(kind) or ESTIMATE[kind.rsplit("-", 1)[-1]]
+            size = 0.0
+            if model is not None:
+                if model not in fp16:
+                    config = _config(root, model, params.models[model])
+                    fp16[model] = fp16_bytes(config) / GB if config else None
+                if fp16[model] is None and (rss or out):
+                    raise PipelineError(f"matrix: cannot size {name}: nothing measured (metrics/, dvc.lock) and no "
+                                        f"config.json to estimate model {model!r} from; fetch it or run it once")
+                size = fp16[model] or 0.0
+            out = PRECISION.get(family or "fp16", 1.0) if out is None else out
+            st.rss_gb = max(FLOOR_RSS_GB, rss * size) if rss else 0.0
+            st.wall_s = max(FLOOR_S, s_per_gb * size) if s_per_gb else 0.0
+            st.out_gb = out * size
+        stages[name] = st
+    return stages
+
+
+def _fit(job: Job, stages: dict[str, Stage], runners: dict[str, tuple[float, float]]) -> None:
+    own = set(job.stages)
+    pulled = {p for s in job.stages for p in stages[s].producers if p not in own}
+    job.rss_gb = max((stages[s].rss_gb for s in job.stages), default=0.0)
+    job.push_gb = sum(stages[s].out_gb for s in job.stages)
+    job.pull_gb = sum(stages[p].out_gb for p in pulled)
+    job.disk_gb = SETUP_GB + job.push_gb + job.pull_gb
+    job.wall_s = sum(stages[s].wall_s for s in job.stages)
+    for name, (ram, disk) in runners.items():
+        if job.rss_gb <= ram and job.disk_gb <= disk:
+            job.runs_on = name
+            return
+    job.runs_on = ""
+
+
+def _refuse(job: Job, stages: dict[str, Stage], runners: dict[str, tuple[float, float]]) -> PipelineError:
+    name, (ram, disk) = max(runners.items(), key=lambda r: r[1])
+    big = max(job.stages, key=lambda s: stages[s].rss_gb)
+    how = "estimated" if stages[big].estimated else "measured"
+    if job.rss_gb > ram:
+        return PipelineError(f"matrix: {big} needs {stages[big].rss_gb:.1f} GB of RAM ({how}) but the largest runner, "
+                             f"{name}, holds {ram:g} GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
+    return PipelineError(f"matrix: job {job.name} needs {job.disk_gb:.1f} GB of disk (environment {SETUP_GB} + pulled "
+                         f"{job.pull_gb:.1f} + built {job.push_gb:.1f}) but the largest runner, {name}, has {disk:g} "
+                         "GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
+
+
+def _split(job: Job, model_of: dict) -> list[Job]:
+    """A job too big for any runner, in smaller ones: a build job per variant; the assembly per model (its packages)
+    and the report alone."""
+    if job.level == "build":
+        keys = {s: s.split("@", 1)[1] for s in job.stages}
+        return [Job(f"{job.name}:{key.removeprefix(job.name.split('@', 1)[1] + '-')}", "build",
+                    [s for s in job.stages if keys[s] == key]) for key in dict.fromkeys(keys.values())]
+    if job.level == "assemble" and len(job.stages) > 1:
+        models = dict.fromkeys(model_of[s][0] for s in job.stages if s in model_of)
+        return [Job("assemble", "assemble", [s for s in job.stages if s not in model_of])] + [
+            Job(f"assemble@{m}", "assemble", [s for s in job.stages if model_of.get(s, (None,))[0] == m])
+            for m in models]
+    return [job]
+
+
+def plan(params: Params, root: Path, runners: dict[str, tuple[float, float]] | None = None,
+         strict: bool = True) -> dict:
+    """The job matrix. strict=False (--scale) lists the jobs no runner holds under `refused` instead of failing."""
+    runners = dict(sorted((runners or RUNNERS).items(), key=lambda r: r[1]))
+    jobs, model_of = _ownership(params)
+    graph = _graph(root)
+    owner = {s: j for j in jobs for s in j.stages}
+    missing = [s for s in owner if s not in graph]
+    if missing:
+        raise PipelineError(f"matrix: params.yaml configures {missing[0]} but dvc.yaml has no such stage "
+                            f"({len(missing)} missing)")
+    unowned = [s for s in graph if s not in owner and s != "check"]
+    if unowned:
+        raise PipelineError(f"matrix: dvc.yaml stage {unowned[0]} is in no job ({len(unowned)} unowned)")
+    stages = _measure(params, root, graph, model_of)
+    for name, st in stages.items():
+        for p in st.producers:
+            if LEVELS.index(owner[p].level) > LEVELS.index(owner[name].level) or (
+                    owner[p].level == owner[name].level and owner[p] is not owner[name]):
+                raise PipelineError(f"matrix: {name} (job {owner[name].name}) reads an output of {p} (job "
+                                    f"{owner[p].name}), which does not run before it")
+    fitted: list[Job] = []
+    refused: list[str] = []
+    for job in jobs:
+        _fit(job, stages, runners)
+        parts = [job] if job.runs_on else _split(job, model_of)
+        for part in parts:
+            if part is not job:
+                _fit(part, stages, runners)
+            if not part.runs_on:
+                error = _refuse(part, stages, runners)
+                if strict:
+                    raise error
+                refused.append(str(error))
+        fitted += parts
+    return _render(params, fitted, stages, refused)
+
+
+def _render(params: Params, jobs: list[Job], stages: dict[str, Stage], refused: list[str]) -> dict:
+    def entry(job: Job) -> dict:
+        return {"job": job.name, "runs-on": job.runs_on, "targets": " ".join(job.stages),
+                "peak_rss_gb": round(job.rss_gb, 2), "disk_gb": round(job.disk_gb, 2),
+                "pull_gb": round(job.pull_gb, 3), "push_gb": round(job.push_gb, 3), "wall_s": round(job.wall_s),
+                "estimated": [s for s in job.stages if stages[s].estimated]}
+
+    dml_targets = [t for t, n in params.native.items() if n.execution_provider == "dml"]
+    windows = []
+    for model in params.models:
+        # DirectML is decided by the ONNX Runtime variant's execution provider (the only backend that has one).
+        dml = [v for m, _, v in configured(params)
+               if m == model and getattr(params.variants[v], "execution_provider", None) == "dml"]
+        if dml and dml_targets:
+            windows.append({"job": f"dml@{model}", "runs-on": WINDOWS, "model": model, "native": dml_targets[0],
+                            "variants": " ".join(dml),
+                            "pull": " ".join(f"onnx_genai-export@{model}-{v}" for v in dml)})
+    out = {level: [entry(j) for j in jobs if j.level == level] for level in LEVELS}
+    for job, e in zip([j for j in jobs if j.level == "assemble"], out["assemble"]):
+        e["restore"] = " ".join(_upstream_of(job.stages, stages))
+    out["windows"] = windows
+    if refused:
+        out["refused"] = refused
+    return out
+
+
+def _upstream_of(targets: list[str], stages: dict[str, Stage]) -> list[str]:
+    """Every stage `targets` read from, directly or not, that is not one of them: what the job restores."""
+    seen: dict[str, None] = {}
+    todo = [p for t in targets for p in sorted(stages[t].producers)]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name not in targets:
+            seen[name] = None
+            todo += sorted(stages[name].producers)
+    return sorted(seen)
+
+
+def summary(plan_: dict) -> dict:
+    """Job count, critical path (levels run one after another; within one, the slowest job) and remote traffic."""
+    levels = [plan_[level] for level in LEVELS]
+    return {"jobs": sum(len(lv) for lv in levels) + len(plan_["windows"]),
+            "jobs_per_level": {**{level: len(plan_[level]) for level in LEVELS}, "windows": len(plan_["windows"])},
+            "critical_path_s": sum(max(j["wall_s"] for j in lv) for lv in levels),
+            "pushed_gb": round(sum(j["push_gb"] for lv in levels for j in lv), 1),
+            "pulled_gb": round(sum(j["pull_gb"] for lv in levels for j in lv), 1),
+            "largest_job_rss_gb": max(j["peak_rss_gb"] for lv in levels for j in lv),
+            "largest_job_disk_gb": max(j["disk_gb"] for lv in levels for j in lv),
+            "one_machine_s": sum(j["wall_s"] for lv in levels for j in lv),
+            "refused": len(plan_.get("refused", [])), "first_refusals": plan_.get("refused", [])[:3]}
+
+
+def scale(params: Params, root: Path, n: int, like: str, runners: dict | None) -> dict:
+    """The plan for `n` synthetic copies of the published config `like` x every variant in params.yaml, on paper:
+    a throw-away DVC project with that params.yaml and this dvc.yaml, nothing run."""
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["models"] = {f"m{i:03d}": {"source": "synthetic", "id": like, "revision": f"seed:{i}"} for i in range(n)}
+    from pipeline.params import Params as P  # validated like any params.yaml
+
+    scaled = P.model_validate(raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(root / "dvc.yaml", tmp)
+        Path(tmp, "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        Path(tmp, ".dvc").mkdir()  # a DVC project outside git: all Repo() needs to read dvc.yaml
+        Path(tmp, ".dvc", "config").write_text("[core]\n    no_scm = true\n")
+        return plan(scaled, Path(tmp), runners, strict=False)
+
+
+def _runners(specs: list[str] | None) -> dict[str, tuple[float, float]]:
+    runners = dict(RUNNERS)
+    for spec in specs or []:
+        try:
+            name, sizes = spec.split("=")
+            ram, disk = (float(x) for x in sizes.split(","))
+        except ValueError:
+            raise PipelineError(f"--runner {spec!r}: expected NAME=RAM_GB,DISK_GB (e.g. linux-8core=32,300)") from None
+        runners[name] = (ram, disk)
+    return runners
+
+
+def stage(params, layout, scale_models: int | None = None, like: str = "phi-3-mini-4k-instruct",
+          runner: list[str] | None = None, github_output: Path | None = None) -> None:
+    """`aipc matrix`: print the plan as JSON (or, with --scale N, the summary for N models); --github-output FILE
+    appends `upstream=`, `build=`, `windows=`, `assemble=` lines for GitHub Actions' fromJSON."""
+    runners = _runners(runner)
+    if scale_models is not None:
+        if scale_models < 1:
+            raise PipelineError("--scale needs a number of models >= 1")
+        result = scale(params, layout.root, scale_models, like, runners)
+        print(json.dumps({"models": scale_models, "like": like,
+                          "variants": len(params.variants), **summary(result)}, indent=2))
+        return
+    result = plan(params, layout.root, runners)
+    if github_output is not None:
+        with open(github_output, "a") as f:
+            for key, value in result.items():
+                f.write(f"{key}={json.dumps(value, separators=(',', ':'))}\n")
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    print(json.dumps(summary(result)), file=sys.stderr)
+
+
+def push(params, layout, remote: str | None = None, targets: list[str] | None = None) -> None:
+    """`aipc push [-r REMOTE] [TARGETS...]`: `dvc push --run-cache` and the objects its run-cache entries name.
+
+    DVC 3.67's push sends the run-cache entries but not the `cache: false` outputs they list (our metrics JSONs,
+    which the run cache keeps in .dvc/cache when it saves a run): another machine then finds the entry, misses the
+    metrics file and reruns the stage. repo.used_objs(used_run_cache=...) still knows those objects; push them.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo(str(layout.root)) as repo:
+        try:
+            repo.push(targets=targets or None, remote=remote, run_cache=True)
+        except DvcException as e:
+            raise PipelineError(f"dvc push{f' -r {remote}' if remote else ''}: {' '.join(str(e).split())}") from None
+        used = [(Path(p).parent.name, Path(p).name) for p in _run_entries(repo)]
+        objs = set().union(*repo.stage_cache.get_used_objs(used).values()) if used else set()
+        result = repo.cloud.push(objs, remote=remote)
+        if result.failed:
+            raise PipelineError(f"dvc push: {len(result.failed)} run-cache object(s) failed to upload")
+    print(f"pushed outputs, {len(used)} run-cache entries and {len(objs)} objects they name")
+
+
+def _run_entries(repo) -> list[str]:
+    runs = Path(repo.cache.legacy.path) / "runs"
+    return [str(p) for p in runs.glob("*/*/*")] if runs.is_dir() else []
