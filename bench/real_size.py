@@ -94,7 +94,7 @@ def table(project: Path, model: str) -> str:
         out = project / "artifacts" / model / path.parent.name
         disk = _du(out) if path.stem in ("export", "fetch", "reference") and out.exists() else None
         phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or {}
-        went = ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        went = ", ".join(f"{k} {v:.0f} s" for k, v in (phases.items() if isinstance(phases, dict) else phases))
         rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "
                     f"{rss / weights:.2f} | {f'{disk / 1e9:.2f} GB' if disk is not None else ''} | {went} |")
     return "\n".join(rows)

@@ -48,10 +48,11 @@ def measured(stage: str) -> Iterator[dict]:
 
 class Phases:
     """Where a long job's wall time goes: `with phases("load"):` prints the step as it starts (so a 20-minute export
-    shows it is alive) and keeps its seconds in `phases.seconds`, in order."""
+    shows it is alive) and appends [step, seconds] to `phases.seconds` when it ends (a list: records are written
+    with sorted keys, and the order is the point)."""
 
     def __init__(self, label: str):
-        self.label, self.seconds = label, {}
+        self.label, self.seconds = label, []
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -60,4 +61,4 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[name] = round(time.perf_counter() - t0, 2)
+            self.seconds.append([name, round(time.perf_counter() - t0, 2)])

@@ -89,6 +89,9 @@ def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
         for name in ("openvino_model.xml", "openvino_model.bin", *TOKENIZER_IRS, "config.json"):
             assert name in record["files"] and (ir / name).is_file()
         assert record["seconds"] > 0
+        steps = [name for name, _ in record["phases"]]  # in the order they ran, printed as each started
+        assert steps[:2] == ["import", "load"] and steps[-1] == "tokenizer IRs"
+        assert sum(s for _, s in record["phases"]) <= record["seconds"]
 
 
 def test_fp16_ir_from_the_streamed_load_is_optimums_byte_for_byte(tmp_path):
