@@ -11,7 +11,7 @@ Ours, in PROJECT (it rewrites that project's artifacts, metrics and dvc.lock: gi
   dvc repro --force --single-item ir@<model> openvino-export@<model>-ov-fp16 openvino-export@<model>-ov-int4 onnx_genai-export@<model>-ort-cpu-int4
 (--single-item: --force alone would also re-run fetch.) A `dvc status` first, untimed, so DVC's hash cache of the
 source checkpoint is warm and the timing is the stages', not a one-off rehash of a freshly copied tree.
-Prints each command's wall time, both totals, their ratio, and the 1-minute load average at start and end.
+Prints each command's wall time and peak RSS, both totals, their ratio, and the 1-minute load average at start and end.
 """
 
 from __future__ import annotations
@@ -45,13 +45,19 @@ def ours_command(model: str) -> list[str]:
 
 
 def timed(label: str, cmd: list[str], cwd: Path | None = None) -> float:
+    """Run `cmd`; print its wall time and peak RSS (the largest of the process and everything it waited for, as
+    GNU time reports it: for `dvc repro`, its largest stage)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        sys.exit(f"{label} failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    print(f"  {label:<20} {wall:7.1f} s", flush=True)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            err.seek(0)
+            sys.exit(f"{label} failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()[-3000:]}")
+    print(f"  {label:<20} {wall:7.1f} s  peak RSS {usage.ru_maxrss / 2**20:5.1f} GB", flush=True)
     return wall
 
 
