@@ -182,9 +182,10 @@ def _run(args: argparse.Namespace) -> None:
     command, layout = COMMANDS[args.command], Layout(args.root)
     module, function = command.function.split(":")
     failure = None
-    if command.metrics:
+    if command.metrics:  # this run's outcome replaces the last one's (a run killed outright leaves no reason)
         name, kind = command.metrics
         failure = layout.failure(arguments["model"], arguments["variant_name"] if name == VARIANT_NAME else name, kind)
+        failure.unlink(missing_ok=True)
     try:
         getattr(importlib.import_module(module), function)(params, layout, **arguments)
     except Exception as e:
@@ -195,8 +196,6 @@ def _run(args: argparse.Namespace) -> None:
             fsutil.write_json(failure, {"command": " ".join(["aipc", args.command, *map(str, arguments.values())]),
                                         "error": reason})
         raise
-    if failure is not None:
-        failure.unlink(missing_ok=True)
 
 
 def one_line(e: BaseException, command: str) -> str | None:

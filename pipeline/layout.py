@@ -37,5 +37,5 @@ class Layout:
 
         Not a DVC output: DVC deletes a stage's outputs before running it and commits nothing of a failed run, and
         the reason has to outlive that for the report. It stays valid while the stage's own metrics file is absent
-        or older (a later success deletes it; a restore from DVC's run cache writes a newer metrics file)."""
+        or older (the next run of the stage deletes it; a restore from DVC's run cache writes a newer metrics file)."""
         return self.root / FAILED / model / name / f"{kind}.json"

@@ -285,3 +285,18 @@ def test_debris_of_interrupted_runs_is_swept_and_failed_fetches_leave_nothing(bu
     proc = project.aipc(other, "fetch", "gone", check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert not (other / "artifacts" / "gone").exists()
+
+
+def test_a_stale_builds_yaml_fails_the_check_and_is_rewritten(tmp_path):
+    """DVC reads builds.yaml before any stage runs; after an edit of a model's `variants:` the check stage finds
+    it stale, rewrites it and fails, so nothing is built from the old list."""
+    params = _params({"mini": {"source": "local", "id": str(tmp_path / "nowhere")}}, ["ov-fp16", "ort-cpu-int4"])
+    proj = project.make(tmp_path / "proj", params)
+    params["models"]["mini"]["variants"] = ["ort-cpu-int4"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = project.aipc(proj, "check", check=False)
+    assert proc.returncode == 1 and "builds.yaml was out of date with params.yaml" in proc.stderr, proc.stderr
+    assert "mini-ov-fp16" not in (proj / "builds.yaml").read_text()
+    assert project.aipc(proj, "check").returncode == 0
+    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    assert "onnx_genai-export@mini-ort-cpu-int4" in listed and "openvino-export@mini-ov-fp16" not in listed

@@ -240,5 +240,6 @@ def test_the_stand_in_refuses_lfs_bytes_that_are_not_the_object(lfs_hub):
             {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": 100}}])
         refused = http.post("/api/models/acme/m/commit/main", content=commit, headers=auth)
         assert refused.status_code == 400 and "was never uploaded" in refused.json()["error"]
-        assert http.put(href, content=good).status_code == 200 and lfs_hub.has_object(oid, 100)
+        chunked = iter([good[:30], good[30:]])  # a body of unknown length: chunked transfer encoding
+        assert http.put(href, content=chunked).status_code == 200 and lfs_hub.has_object(oid, 100)
         assert http.put(href, content=good).status_code == 403  # a grant is used once

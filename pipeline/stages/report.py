@@ -121,8 +121,8 @@ def failure(model: str, name: str, variant, metrics_root: Path, failed) -> str |
     """The reason the last run of one of this artifact's stages failed, first stage first, or None.
 
     A stage's failure record (Layout.failure, written by the CLI) counts while the stage's own metrics file is
-    absent or older: DVC deletes a stage's outputs, metrics included, before running it; a success deletes the
-    record; a restore from DVC's run cache writes the metrics anew."""
+    absent or older: DVC deletes a stage's outputs, metrics included, before running it; the next run of the
+    stage deletes the record first; a restore from DVC's run cache writes the metrics anew."""
     chain = [(SOURCE, "fetch"), *([(IR_FP16, "export")] if backends.get(variant.backend).NEEDS_IR else []),
              (name, "export"), (name, "smoke"), (REFERENCE, "reference"), (name, "quality")]
     for stage_name, kind in chain:
