@@ -133,7 +133,10 @@ def test_every_configured_build_has_a_status_and_nothing_else_a_row(project):
     shutil.copytree(project / "metrics/tiny", project / "metrics/gone")  # a model since removed from params.yaml
     builds = {"tiny": ["ov-int4", "ort-cpu-int4"], "new": list(VARIANTS)}
     with pytest.raises(PipelineError) as err:
-        report.run(GATE, VARIANTS, builds, project / "metrics", project / "reports/quality.json")
+        report.run(GATE, VARIANTS, builds, project / "metrics", project / "reports/quality.json",
+                   html=project / "reports/index.html")
+    assert "1 build(s) did not complete" not in (page := (project / "reports/index.html").read_text())
+    assert "4 build(s) did not complete</b>:<br>tiny/ort-cpu-int4: aipc export tiny ort-cpu-int4: " in page
     assert str(err.value) == ("4 of 5 model x variant builds did not complete: tiny/ort-cpu-int4: aipc export tiny "
                               "ort-cpu-int4: export tiny-ort-cpu-int4: refused; new/ov-fp16: not built; new/ov-int4: "
                               "not built; new/ort-cpu-int4: not built")

@@ -97,7 +97,7 @@ def run(quality: QualityParams, variants: Mapping, builds: Mapping[str, Sequence
     if html:
         from pipeline.stages import html_report  # matplotlib: imported only where the page is drawn
 
-        html_report.write(built, exports, unbuilt + failures, quality.enforce, Path(html))
+        html_report.write(rows, exports, failures, quality.enforce, Path(html), not_built=unbuilt)
     print(table)
     if failures:
         print("\nmissed thresholds:\n" + "\n".join(f"  {f}" for f in failures), file=sys.stderr)
