@@ -27,9 +27,11 @@ $(NPU_VENV)/.aipc-npu-ready: pipeline/backends/npu_library/env/create.py
 
 # dvc runs each stage's `aipc ...` through the shell, so the venv goes first on PATH.
 # The toolchain check first: an exporter upgrade must go through `aipc toolchain --write`, which reruns its exports.
+# `aipc repro`: builds.yaml from params.yaml, `dvc repro --keep-going` (a failure stops only what depends on it),
+# and after a failure the report of every model x variant, then exit 1.
 repro: setup
 	$(BIN)/aipc toolchain --check
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/aipc repro
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.errors import PipelineError
+from pipeline.layout import BUILDS, IR_FP16, REFERENCE, SOURCE
 
 MODEL = (("model",), {})
 VARIANT = (("variant_name",), {"metavar": "variant"})
@@ -27,26 +28,36 @@ class Command(NamedTuple):
     function: str  # "module:function"
     help: str
     arguments: tuple = ()
+    # (name, kind) of the metrics/<model>/<name>/<kind>.json a stage writes (VARIANT_NAME: its variant): where a
+    # failure leaves its reason for the report (Layout.failure)
+    metrics: tuple[str, str] | None = None
+
+
+VARIANT_NAME = "<variant>"
 
 
 COMMANDS = {
     "check": Command("pipeline.cli:check", "validate params.yaml, verify every output against its manifest and sweep "
                      "interrupted runs' debris; stage `check`, which every stage depends on, runs it first on every "
                      "dvc repro", ((("--out",), {"type": Path}),)),
+    "repro": Command("pipeline.cli:repro", "write builds.yaml from params.yaml, then `dvc repro --keep-going`: a "
+                     "failure stops only what depends on it; if any stage failed, the report anyway (every model x "
+                     "variant: built, failed and why, or not configured) and exit 1",
+                     ((("targets",), {"nargs": "*", "help": "dvc repro targets (default: the whole pipeline)"}),)),
     "repair": Command("pipeline.cli:repair", "delete every output file changed in place, its DVC cache object and "
                       "every link to it, then `dvc repro` rebuilds them"),
     "fetch": Command("pipeline.stages.fetch:stage", "materialise a model's checkpoint into artifacts/<model>/source",
-                     (MODEL,)),
+                     (MODEL,), (SOURCE, "fetch")),
     "ir": Command("pipeline.stages.ir:stage", "export a model's FP16 OpenVINO IR (the base of the OpenVINO variants)",
-                  (MODEL,)),
+                  (MODEL,), (IR_FP16, "export")),
     "export": Command("pipeline.stages.export:stage", "build one variant into artifacts/<model>/<variant>",
-                      (MODEL, VARIANT)),
+                      (MODEL, VARIANT), (VARIANT_NAME, "export")),
     "smoke": Command("pipeline.stages.smoke:stage", "run one artifact with its runtime; "
-                     "metrics/<model>/<variant>/smoke.json", (MODEL, VARIANT)),
+                     "metrics/<model>/<variant>/smoke.json", (MODEL, VARIANT), (VARIANT_NAME, "smoke")),
     "reference": Command("pipeline.stages.reference:stage", "FP32 torch results for the eval set into "
-                         "artifacts/<model>/reference", (MODEL,)),
+                         "artifacts/<model>/reference", (MODEL,), (REFERENCE, "reference")),
     "quality": Command("pipeline.stages.quality:stage", "score one artifact against the FP32 reference; "
-                       "metrics/<model>/<variant>/quality.json", (MODEL, VARIANT)),
+                       "metrics/<model>/<variant>/quality.json", (MODEL, VARIANT), (VARIANT_NAME, "quality")),
     "report": Command("pipeline.stages.report:stage", "every artifact's quality in one table; fails on a threshold "
                       "miss unless quality.enforce is false"),
     "package": Command("pipeline.stages.package:stage", "release dir (artifact, model card, manifest, provenance) in "
@@ -56,7 +67,7 @@ COMMANDS = {
     "runner-wheel": Command("pipeline.stages.runner_wheel:stage", "our C++ OpenVINO runner as a wheel "
                             "(scikit-build-core) into artifacts/native/ov_runner"),
     "runner": Command("pipeline.stages.runner:stage", "our C++ OpenVINO runner vs openvino-genai on <model>'s FP16 "
-                      "IR", (MODEL,)),
+                      "IR", (MODEL,), (IR_FP16, "runner")),
     "toolchain": Command("pipeline.stages.toolchain:stage", "print, --write or --check the exporter version locks "
                          "in toolchain/", (
                              (("--write",), {"action": "store_true", "help": "record the installed versions "
@@ -96,6 +107,10 @@ def check(params, layout, out: Path | None = None) -> None:
     `dvc repro` reruns nothing downstream."""
     from pipeline import fsutil, integrity
 
+    if write_builds(params, layout):
+        raise PipelineError(f"{layout.root / BUILDS} was out of date with params.yaml (a model's `variants:`, a "
+                            "model or a variant added or removed): rewritten; run `dvc repro` again, which reads "
+                            "it before this check runs (`aipc repro` writes it first)")
     for path in integrity.sweep(layout.root):
         print(f"removed {path.relative_to(layout.root)} (left by an interrupted run)", file=sys.stderr)
     integrity.verify(layout.root)
@@ -103,6 +118,41 @@ def check(params, layout, out: Path | None = None) -> None:
           "their manifests")
     if out is not None:
         fsutil.write_json(out, {"params": "valid"})
+
+
+def write_builds(params, layout) -> bool:
+    """Write builds.yaml for `params` if its text differs; True if it did (DVC had read the stale one)."""
+    from pipeline import params as params_mod
+
+    path = layout.root / BUILDS
+    text = params_mod.builds_yaml(params)
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def repro(params, layout, targets: list[str]) -> None:
+    """`aipc repro [targets]`: what `make repro` runs. DVC runs the stages; --keep-going makes a failing stage skip
+    only its dependents. `report` depends on every model's metrics, so DVC skips it after any failure: it then runs
+    here, outside DVC, to give every configured model x variant its status (a failure with its reason from
+    Layout.failure) before this exits 1."""
+    import subprocess
+
+    write_builds(params, layout)
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--keep-going", *targets], cwd=layout.root)
+    if done.returncode == 0:
+        return
+    from pipeline.stages import report
+
+    print("\naipc repro: `dvc repro` failed; the report of every model x variant:", file=sys.stderr)
+    try:
+        report.stage(params, layout)
+    except PipelineError as e:
+        raise PipelineError(f"dvc repro failed (exit {done.returncode}); {e}") from None
+    raise PipelineError(f"dvc repro failed (exit {done.returncode}): the stages it names above")
 
 
 def repair(params, layout) -> None:
@@ -143,8 +193,23 @@ def _run(args: argparse.Namespace) -> None:
     arguments = {k: v for k, v in vars(args).items() if k not in GLOBAL}
     params_mod.require(params, arguments.get("model"),
                        [arguments["variant_name"]] if "variant_name" in arguments else arguments.get("variants", ()))
-    module, function = COMMANDS[args.command].function.split(":")
-    getattr(importlib.import_module(module), function)(params, Layout(args.root), **arguments)
+    command, layout = COMMANDS[args.command], Layout(args.root)
+    module, function = command.function.split(":")
+    failure = None
+    if command.metrics:  # this run's outcome replaces the last one's (a run killed outright leaves no reason)
+        name, kind = command.metrics
+        failure = layout.failure(arguments["model"], arguments["variant_name"] if name == VARIANT_NAME else name, kind)
+        failure.unlink(missing_ok=True)
+    try:
+        getattr(importlib.import_module(module), function)(params, layout, **arguments)
+    except Exception as e:
+        if failure is not None:  # the report's "failed: <reason>" for a stage DVC commits nothing of
+            from pipeline import fsutil
+
+            reason = one_line(e, f"aipc {args.command}") or " ".join(f"{type(e).__name__}: {e}".split())[:500]
+            fsutil.write_json(failure, {"command": " ".join(["aipc", args.command, *map(str, arguments.values())]),
+                                        "error": reason})
+        raise
 
 
 def one_line(e: BaseException, command: str) -> str | None:

@@ -11,6 +11,8 @@ SOURCE_JSON = "source.json"  # its provenance, inside it
 IR_FP16 = "ir-fp16"  # optimum-intel's FP16 IR, from which the OpenVINO variants are derived
 REFERENCE = "reference"  # the FP32 reference's results on the eval set
 NATIVE = "native"  # artifacts/native/<target>: runtime builds and the C++ runner's wheel
+BUILDS = "builds.yaml"  # the model x variant pairs dvc.yaml iterates over, written from params.yaml
+FAILED = ".aipc/failed"  # the last failure of each stage command, beside metrics/ but outside DVC (see failure())
 # Names a variant or model cannot take: their folders are already another stage's output.
 RESERVED_VARIANTS = {SOURCE: "the fetched checkpoint", IR_FP16: "the FP16 OpenVINO IR",
                      REFERENCE: "the FP32 reference's results"}
@@ -29,3 +31,11 @@ class Layout:
 
     def release(self, model: str, variant: str) -> Path:
         return self.root / "releases" / model / variant
+
+    def failure(self, model: str, name: str, kind: str) -> Path:
+        """Where a stage that failed leaves its reason: the path of its metrics(model, name, kind) under FAILED.
+
+        Not a DVC output: DVC deletes a stage's outputs before running it and commits nothing of a failed run, and
+        the reason has to outlive that for the report. It stays valid while the stage's own metrics file is absent
+        or older (the next run of the stage deletes it; a restore from DVC's run cache writes a newer metrics file)."""
+        return self.root / FAILED / model / name / f"{kind}.json"

@@ -38,12 +38,14 @@ class ModelParams(Strict):
                      `seed:<int>`: that model's exact config, shards and tokenizer with seeded random weights, to
                      measure memory and time at real size offline (pipeline/sources/synthetic.py). Never gated or
                      released: the weights are random.
+    variants: the variants this model builds (names under `variants:`); left out, every one.
     """
 
     source: Literal["embedded", "hub", "local", "synthetic"]
     id: str
     revision: str | None = None
     allow_branch: bool = False
+    variants: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _pinned(self) -> ModelParams:
@@ -151,7 +153,30 @@ class Params(Strict):
         for name, reason in RESERVED_MODELS.items():
             if name in self.models:
                 raise ValueError(f"model name {name!r} is taken: artifacts/{name} holds {reason}")
+        for model, m in self.models.items():
+            for name in m.variants or ():
+                if name not in self.variants:
+                    raise ValueError(f"models.{model}.variants: unknown variant {name!r}{_closest(name, self.variants)}"
+                                     f" (params.yaml variants: {', '.join(self.variants)})")
+            if m.variants and len(set(m.variants)) < len(m.variants):
+                raise ValueError(f"models.{model}.variants: {m.variants} names a variant twice")
+        stage_keys: dict[str, tuple[str, str]] = {}
+        for model, name in self.builds():
+            # DVC names the stages <stage>@<model>-<variant>: two pairs must not give one name.
+            other = stage_keys.setdefault(f"{model}-{name}", (model, name))
+            if other != (model, name):
+                raise ValueError(f"model {model!r} with variant {name!r} and model {other[0]!r} with variant "
+                                 f"{other[1]!r} both give the stage name ...@{model}-{name}; rename one")
         return self
+
+    def variants_of(self, model: str) -> list[str]:
+        """The variants `model` builds, in params.yaml's order."""
+        chosen = self.models[model].variants
+        return [v for v in self.variants if chosen is None or v in chosen]
+
+    def builds(self) -> list[tuple[str, str]]:
+        """Every (model, variant) that is built: each model with the variants it names (default: all)."""
+        return [(model, v) for model in self.models for v in self.variants_of(model)]
 
 
 def configured(params: Params) -> list[tuple[str, str, str]]:
@@ -254,3 +279,20 @@ def load(path: str | Path = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as e:
         raise PipelineError(_one_line(e, raw)) from None
+
+
+BUILDS_HEADER = """\
+# Written from params.yaml by `aipc repro` and the `check` stage; do not edit (change params.yaml).
+# Per backend, every model x variant that is built (a model's `variants:`, default all): dvc.yaml's per-variant
+# stages iterate over these (`foreach`). DVC's `matrix` is the full product of its lists and cannot leave a pair
+# out, and its templates cannot filter, so the pairs are spelt out here; `check` fails while this file is stale.
+"""
+
+
+def builds_yaml(params: Params) -> str:
+    """The text of builds.yaml (layout.BUILDS) for `params`: `builds: {backend: {<model>-<variant>: {model, variant}}}`,
+    every backend present (`{}` for none), so each stage keeps the name the matrix gave it: <stage>@<model>-<variant>."""
+    groups: dict[str, dict] = {b: {} for b in BACKENDS}
+    for model, name in params.builds():
+        groups[params.variants[name].backend][f"{model}-{name}"] = {"model": model, "variant": name}
+    return BUILDS_HEADER + yaml.safe_dump({"builds": groups}, sort_keys=False, default_flow_style=None, width=120)

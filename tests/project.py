@@ -10,6 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.errors import PipelineError
+from pipeline.layout import BUILDS
+from pipeline.params import builds_yaml, load
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -22,11 +26,16 @@ def env() -> dict[str, str]:
 def make(dest: Path, params: dict | None = None) -> Path:
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for rel in tracked.splitlines():
-        if rel.startswith(("pipeline/", "build_native/", "toolchain/", ".dvc/", "dvc.yaml", ".dvcignore", "params.yaml", ".gitignore")):
+        if rel.startswith(("pipeline/", "build_native/", "toolchain/", ".dvc/", "dvc.yaml", ".dvcignore", "params.yaml",
+                           BUILDS, ".gitignore")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     if params is not None:
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        try:  # what `aipc repro` writes first: dvc.yaml's per-variant stages iterate over it
+            (dest / BUILDS).write_text(builds_yaml(load(dest / "params.yaml")))
+        except PipelineError:
+            pass  # invalid on purpose: the check stage or the command under test says why
     (dest / "dvc.lock").unlink(missing_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest

@@ -84,7 +84,8 @@ def closure(roots: list[str], plumbing: set[str]) -> set[str]:
 
 
 def _stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, each `foreach` group as its `do:` template."""
+    return {name: stage.get("do", stage) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
 
 
 def _roots(name: str, stage: dict) -> list[str]:

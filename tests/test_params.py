@@ -124,3 +124,36 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("models: [\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
         params.load(bad)
+
+
+def test_a_model_names_the_variants_it_builds(tmp_path, raw):
+    raw["models"]["other"] = {"source": "local", "id": "/nowhere", "variants": ["ort-cpu-int4", "ov-int4"]}
+    p = params.load(_write(tmp_path, raw))
+    assert p.variants_of("other") == [v for v in p.variants if v in ("ov-int4", "ort-cpu-int4")]  # params' order
+    assert p.variants_of("smollm2") == list(p.variants)  # none named: every variant
+    builds = yaml.safe_load(params.builds_yaml(p))["builds"]
+    assert builds["onnx_genai"]["other-ort-cpu-int4"] == {"model": "other", "variant": "ort-cpu-int4"}
+    assert [k for k in builds["openvino"] if k.startswith("other-")] == ["other-ov-int4"]
+    assert set(builds) == {"openvino", "onnx_genai", "npu_library"}
+    # The repo's builds.yaml is what its params.yaml gives (the check stage fails otherwise).
+    assert (ROOT / "builds.yaml").read_text() == params.builds_yaml(params.load(ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize("chosen, message", [
+    (["ov-int5"], "params.yaml: models.other.variants: unknown variant 'ov-int5'; did you mean 'ov-int4'?"),
+    (["ov-int4", "ov-int4"], "params.yaml: models.other.variants: ['ov-int4', 'ov-int4'] names a variant twice"),
+    ([], "params.yaml: models.other.variants: List should have at least 1 item"),
+])
+def test_a_models_variant_list_is_checked(tmp_path, raw, chosen, message):
+    raw["models"]["other"] = {"source": "local", "id": "/nowhere", "variants": chosen}
+    with pytest.raises(PipelineError) as e:
+        params.load(_write(tmp_path, raw))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_two_pairs_that_would_share_a_stage_name_are_refused(tmp_path, raw):
+    raw["models"] = {"a-ov": {"source": "local", "id": "/x", "variants": ["int4"]},
+                     "a": {"source": "local", "id": "/y", "variants": ["ov-int4"]}}
+    raw["variants"]["openvino"]["int4"] = dict(raw["variants"]["openvino"]["ov-int4"])
+    with pytest.raises(PipelineError, match=r"both give the stage name \.\.\.@a-ov-int4"):
+        params.load(_write(tmp_path, raw))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
 
 from pipeline import fsutil
-from tests import project
+from tests import project, tiny
 from tests.conftest import ROOT
 
 SMOKE = {"max_new_tokens": 4, "npu_max_prompt_len": 256, "npu_min_response_len": 64,
@@ -67,6 +68,56 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     assert _changed_stages(proj) == {
         f"openvino-{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
     } | {"report"}
+
+
+def test_one_models_failing_export_blocks_only_what_depends_on_it(tmp_path, tiny_models):
+    """Three models, as issue 14 tried them: `long` is a 128k checkpoint whose longrope attention_factor the ONNX
+    builder would ignore, so its ort-cpu-int4 export is refused; `medium` names only the variant it wants. `aipc
+    repro` (what `make repro` runs; here up to the quality stages, the report running after the failure) builds
+    everything that does not depend on the failed export, reports that export's failure by name and exits 1; the
+    report has one row per configured model x variant and none for a model no longer in params.yaml."""
+    long = shutil.copytree(tiny_models["mini-128k"], tmp_path / "long-src")
+    tiny.resave_config(long, legacy_type=False, attention_factor=2.0)
+    models = {
+        "mini": {"source": "local", "id": str(tiny_models["mini-4k"])},
+        "long": {"source": "local", "id": str(long)},
+        "medium": {"source": "local", "id": str(tiny_models["mini-4k"]), "variants": ["ort-cpu-int4"]},
+    }
+    proj = project.make(tmp_path / "proj", _params(models, ["ov-fp16", "ort-cpu-int4"]))
+    fsutil.write_json(proj / "metrics" / "gone" / "ov-fp16" / "quality.json", {"gate": {"cosine": 0.1}})  # stale
+
+    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    assert "onnx_genai-export@medium-ort-cpu-int4" in listed and not [s for s in listed if "medium-ov-fp16" in s]
+    built = [("mini", "ov-fp16"), ("mini", "ort-cpu-int4"), ("long", "ov-fp16"), ("medium", "ort-cpu-int4")]
+    targets = [f"{'openvino' if v.startswith('ov') else 'onnx_genai'}-quality@{m}-{v}" for m, v in built]
+    targets.append("onnx_genai-quality@long-ort-cpu-int4")
+    proc = project.aipc(proj, "repro", *targets, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r"aipc: error: dvc repro failed \(exit \d+\); 1 of 5 model x variant builds did not complete: "
+                    r"long/ort-cpu-int4: aipc export long ort-cpu-int4: export long-ort-cpu-int4: ", last), last
+    assert "attention_factor" in last and "failed to reproduce 'onnx_genai-export@long-ort-cpu-int4'" in proc.stderr
+
+    for model, variant in built:
+        assert json.loads((proj / "metrics" / model / variant / "quality.json").read_text())["gate"]["cosine"] > 0.5
+    assert not (proj / "artifacts" / "long" / "ort-cpu-int4").exists()
+    rows = {(r["model"], r["variant"]): r for r in json.loads((proj / "reports" / "quality.json").read_text())["rows"]}
+    assert set(rows) == {(m, v) for m in models for v in ("ov-fp16", "ort-cpu-int4")}
+    assert rows["medium", "ov-fp16"]["status"] == "not configured"
+    assert rows["long", "ort-cpu-int4"]["status"] == "failed" and "attention_factor" in rows["long", "ort-cpu-int4"]["reason"]
+    assert all(rows[b]["status"] == "ok" or rows[b]["status"] == "ungated" for b in built), rows
+    assert "long/ort-cpu-int4" in proc.stdout and "failed: aipc export long ort-cpu-int4" in proc.stdout
+
+    # The failure's record is the report's until that stage succeeds: fixed, the next run builds it and clears it.
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["models"]["long"]["variants"] = ["ov-fp16"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project.aipc(proj, "repro", *targets[:-1])
+    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    assert "onnx_genai-export@long-ort-cpu-int4" not in listed
+    rows = {(r["model"], r["variant"]): r["status"] for r in json.loads(project.aipc(proj, "report") and
+                                                                           (proj / "reports" / "quality.json").read_text())["rows"]}
+    assert rows["long", "ort-cpu-int4"] == "not configured" and rows["long", "ov-fp16"] in ("ok", "ungated")
 
 
 def test_touching_one_backend_makes_only_its_stages_stale(tmp_path, tiny_model):
@@ -234,3 +285,18 @@ def test_debris_of_interrupted_runs_is_swept_and_failed_fetches_leave_nothing(bu
     proc = project.aipc(other, "fetch", "gone", check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert not (other / "artifacts" / "gone").exists()
+
+
+def test_a_stale_builds_yaml_fails_the_check_and_is_rewritten(tmp_path):
+    """DVC reads builds.yaml before any stage runs; after an edit of a model's `variants:` the check stage finds
+    it stale, rewrites it and fails, so nothing is built from the old list."""
+    params = _params({"mini": {"source": "local", "id": str(tmp_path / "nowhere")}}, ["ov-fp16", "ort-cpu-int4"])
+    proj = project.make(tmp_path / "proj", params)
+    params["models"]["mini"]["variants"] = ["ort-cpu-int4"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = project.aipc(proj, "check", check=False)
+    assert proc.returncode == 1 and "builds.yaml was out of date with params.yaml" in proc.stderr, proc.stderr
+    assert "mini-ov-fp16" not in (proj / "builds.yaml").read_text()
+    assert project.aipc(proj, "check").returncode == 0
+    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    assert "onnx_genai-export@mini-ort-cpu-int4" in listed and "openvino-export@mini-ov-fp16" not in listed

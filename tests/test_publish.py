@@ -1,22 +1,29 @@
 """pipeline/publish.py with the real huggingface_hub.HfApi client against tests/hubserver.py, a STAND-IN for the
-Hugging Face Hub on 127.0.0.1 (no uploadable hub server exists on PyPI); and a real local DVC remote."""
+Hugging Face Hub on 127.0.0.1 (no uploadable hub server exists on PyPI); and a real local DVC remote.
+
+The client takes Xet for large files whenever hf_xet is installed; the stand-in speaks the LFS protocol only, so
+these tests set HF_HUB_DISABLE_XET (the Xet path is exercised by no test here)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
+import httpx
 import pytest
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import snapshot_download
 
 from pipeline.stages import package, publish
 from pipeline.errors import PipelineError
 from tests import project, tinyrelease
-from tests.hubserver import HubServer
+from tests.hubserver import HubServer, Lfs
 
 TOKEN = "hf_standin_7Qz3kX9pL2mV8rT4wY6u"  # unique, so a scan for it finds only leaks
 
@@ -24,7 +31,17 @@ TOKEN = "hf_standin_7Qz3kX9pL2mV8rT4wY6u"  # unique, so a scan for it finds only
 @pytest.fixture
 def hub(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # read at import; is_xet_available() reads this
     with HubServer(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def lfs_hub(monkeypatch):
+    """The stand-in with the hub's large-file path at test sizes: LFS from 8 KiB, multipart parts of 8 KiB."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    with HubServer(token=TOKEN, lfs_threshold=8 << 10, part_size=8 << 10) as server:
         yield server
 
 
@@ -174,3 +191,55 @@ def test_dvc_remote_push_clone_pull_is_up_to_date(tmp_path, tiny_model):
     shutil.rmtree(remote)  # nothing more may come from the remote
     rep = project.dvc(clone, "repro", "--dry", target)
     assert re.findall(r"Running stage '([^']+)'", rep.stdout) in ([], ["check"]), rep.stdout  # check always runs
+
+
+def test_large_files_take_the_lfs_batch_and_multipart_path_and_arrive_intact(lfs_hub, tmp_path):
+    """Above the threshold a file is uploaded as the hub takes it: preupload says "lfs", the LFS batch API grants a
+    multipart upload, the parts go to storage, the completion joins them and the server checks sha256 and size;
+    the commit then carries an LFS pointer. The tree lists its sha256, so republishing uploads nothing."""
+    weights = hashlib.sha256(b"seed").digest() * 700  # 22400 bytes: 3 parts of 8 KiB
+    rel = tinyrelease.build(tmp_path / "build", weights=weights)
+    _, log = _publish(lfs_hub, rel)
+    assert "acme/m-ov-int4: create repo; one commit" in log
+    oid = hashlib.sha256(weights).hexdigest()
+    mine = [u for u in lfs_hub.lfs_uploads if u["oid"] == oid]
+    assert mine == [{"oid": oid, "size": len(weights), "transfer": "multipart", "parts": 3}], lfs_hub.lfs_uploads
+    files = lfs_hub.repos["acme/m-ov-int4"].commits[lfs_hub.repos["acme/m-ov-int4"].branches["main"]]
+    small = [n for n, d in files.items() if not isinstance(d, Lfs)]
+    assert files["openvino_model.bin"] == Lfs(oid, len(weights)) and "openvino_model.xml" in small
+    assert any("/info/lfs/objects/batch" in line for line in lfs_hub.log)
+
+    got = snapshot_download("acme/m-ov-int4", revision="v1.0.0", endpoint=lfs_hub.endpoint,
+                            cache_dir=tmp_path / "fresh-cache")
+    assert (Path(got) / "openvino_model.bin").read_bytes() == weights
+    assert package.verify(got)["files"] == tinyrelease.manifest(rel)["files"]
+
+    uploads = len(lfs_hub.lfs_uploads)
+    _, again = _publish(lfs_hub, rel)  # compared through the tree's LFS sha256, without downloading
+    assert again.strip() == f"acme/m-ov-int4: v1.0.0 already holds {rel} (nothing to do)"
+    _publish(lfs_hub, tinyrelease.build(tmp_path / "b", weights=weights, seconds=2.0), "v1.1.0")
+    assert len(lfs_hub.lfs_uploads) == uploads  # the batch API says the object is there: not sent again
+
+
+def test_the_stand_in_refuses_lfs_bytes_that_are_not_the_object(lfs_hub):
+    """Server-side verification: a PUT whose bytes do not hash to the granted oid is refused, so is a commit
+    naming an object never uploaded."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=lfs_hub.endpoint) as http:
+        http.post("/api/repos/create", json={"name": "m", "organization": "acme"}, headers=auth).raise_for_status()
+        good = b"x" * 100
+        oid = hashlib.sha256(good).hexdigest()
+        batch = http.post("/acme/m.git/info/lfs/objects/batch", headers=auth, json={
+            "operation": "upload", "transfers": ["basic"], "hash_algo": "sha256",
+            "objects": [{"oid": oid, "size": len(good)}]}).json()
+        href = batch["objects"][0]["actions"]["upload"]["href"]
+        bad = http.put(href, content=b"y" * 100)
+        assert bad.status_code == 400 and f"not the object's {oid}" in bad.json()["error"]
+        commit = "\n".join(json.dumps(x) for x in [
+            {"key": "header", "value": {"summary": "s"}},
+            {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": 100}}])
+        refused = http.post("/api/models/acme/m/commit/main", content=commit, headers=auth)
+        assert refused.status_code == 400 and "was never uploaded" in refused.json()["error"]
+        chunked = iter([good[:30], good[30:]])  # a body of unknown length: chunked transfer encoding
+        assert http.put(href, content=chunked).status_code == 200 and lfs_hub.has_object(oid, 100)
+        assert http.put(href, content=good).status_code == 403  # a grant is used once

@@ -28,6 +28,7 @@ INT4 = OpenVINOVariant(backend="openvino", weight_format="int4", group_size=128,
 TOP_K, LONG, MAX_NEW = 32, 300, 8
 BROKEN_LAYER = "down_proj"  # first MLP output projection: scaled x3 below
 SMOKE = SmokeParams(prompts=[Prompt(text="Hi")])
+ALL = {"tiny": ["ov-fp16", "ov-int4", "ov-broken"]}  # the report's model -> the variants it builds
 GATE = QualityParams(
     top_k=TOP_K,
     long_sequence_tokens=LONG,
@@ -178,7 +179,7 @@ def test_gate_names_an_answer_similarity_miss():
 
 def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):
     with pytest.raises(PipelineError) as err:
-        report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root, metrics_root / "r.json")
+        report.run(GATE, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, ALL, metrics_root, metrics_root / "r.json")
     msg = str(err.value)
     assert "\n" not in msg and "tiny/ov-broken: cosine" in msg
     assert "tiny/ov-fp16" not in msg and "tiny/ov-int4" not in msg
@@ -190,7 +191,7 @@ def test_gate_fails_naming_the_broken_variant(metrics_root, capsys):
 
 def test_enforce_false_passes_and_still_lists_misses(metrics_root):
     explore = GATE.model_copy(update={"enforce": False})
-    table, misses = report.run(explore, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, metrics_root,
+    table, misses = report.run(explore, {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}, ALL, metrics_root,
                                metrics_root / "r.json")
     assert misses and all(m.startswith("tiny/ov-broken: ") for m in misses)
     assert {m.split(": ")[1].split()[0] for m in misses} >= {"cosine", "kl"}
@@ -199,12 +200,12 @@ def test_enforce_false_passes_and_still_lists_misses(metrics_root):
 
 def test_family_without_thresholds_is_ungated(metrics_root):
     variants = {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}
-    table, misses = report.run(QualityParams(thresholds={}), variants, metrics_root, metrics_root / "r.json")
+    table, misses = report.run(QualityParams(thresholds={}), variants, ALL, metrics_root, metrics_root / "r.json")
     assert misses == [] and table.count("ungated") == 3
 
 
 def test_variants_no_longer_in_params_are_not_reported(metrics_root):
-    table, misses = report.run(GATE, {"ov-fp16": FP16}, metrics_root, metrics_root / "r.json")
+    table, misses = report.run(GATE, {"ov-fp16": FP16}, {"tiny": ["ov-fp16"]}, metrics_root, metrics_root / "r.json")
     assert misses == [] and "ov-broken" not in table and "ov-fp16" in table
 
 
@@ -226,7 +227,8 @@ def test_stages_through_the_layout(tiny_model, artifacts, tmp_path, monkeypatch)
     shutil.copytree(tiny_model, layout.artifact("tiny", SOURCE))
     shutil.copytree(artifacts["ov-int4"], layout.artifact("tiny", "ov-int4"))
     fsutil.write_manifest(layout.artifact("tiny", "ov-int4"))
-    params = SimpleNamespace(quality=GATE.model_copy(update={"long_sequence_tokens": 0}), variants={"ov-int4": INT4})
+    params = SimpleNamespace(quality=GATE.model_copy(update={"long_sequence_tokens": 0}), variants={"ov-int4": INT4},
+                             models={"tiny": None}, variants_of=lambda model: ["ov-int4"])
     reference.stage(params, layout, "tiny")
     rec = quality.stage(params, layout, "tiny", "ov-int4")
     assert rec["stage"] == "openvino-quality@tiny-ov-int4" and [s["name"] for s in rec["sequences"]][-1] == "text"
@@ -239,7 +241,7 @@ def test_thresholds_by_variant_name_win_over_the_family(metrics_root):
     variants = {"ov-fp16": FP16, "ov-int4": INT4, "ov-broken": FP16}
     loose = {"min_cosine": 0.5, "min_top1": 0.0, "max_kl": 100.0, "max_ppl_ratio": 100.0}
     gate = GATE.model_copy(update={"thresholds": {**GATE.thresholds, "ov-broken": Thresholds(**loose)}})
-    table, misses = report.run(gate, variants, metrics_root, metrics_root / "r.json")
+    table, misses = report.run(gate, variants, ALL, metrics_root, metrics_root / "r.json")
     assert misses == []  # the broken artifact now meets the limits set for it by name; fp16 still gates ov-fp16
     assert table.count(" ok") == 3
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from pipeline import fsutil
+from pipeline.errors import PipelineError
 from pipeline.layout import Layout
 from pipeline.stages import report
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
@@ -26,6 +29,10 @@ GATE = QualityParams(thresholds={"fp16": Thresholds(min_cosine=0.999, max_kl=0.0
 # variant -> (cosine, top1, kl, weight bytes, decode tokens/s of the second prompt)
 SYNTH = {"ov-fp16": (0.99999, 1.0, 2e-6, 270_000, 86.0), "ov-int4": (0.982, 0.72, 0.31, 100_000, 140.0),
          "ort-cpu-int4": (0.985, 0.61, 0.49, 80_000, 141.0)}
+
+
+def _params(quality):
+    return SimpleNamespace(quality=quality, variants=VARIANTS, models={"tiny": None}, variants_of=lambda m: list(VARIANTS))
 
 
 def _prompt(ttft, tps):
@@ -57,7 +64,7 @@ def project(tmp_path):
 
 
 def test_rows_carry_performance(project):
-    report.run(GATE, VARIANTS, project / "metrics", project / "reports" / "quality.json")
+    report.run(GATE, VARIANTS, {"tiny": list(VARIANTS)}, project / "metrics", project / "reports" / "quality.json")
     out = json.loads((project / "reports" / "quality.json").read_text())
     rows = {r["variant"]: r for r in out["rows"]}
     assert (rows["ov-int4"]["size_bytes"], rows["ov-int4"]["size_mb"]) == (101_000, 0.101)  # every file in the dir
@@ -82,7 +89,7 @@ def test_decode_speed_names_the_fallback():
 
 def test_html_page_and_charts(project):
     pytest.importorskip("matplotlib")
-    table, misses = report.stage(SimpleNamespace(quality=GATE, variants=VARIANTS), Layout(project))
+    table, misses = report.stage(_params(GATE), Layout(project))
     reports = project / "reports"
     page = (reports / "index.html").read_text()
     for name in VARIANTS:
@@ -101,7 +108,7 @@ def test_html_is_written_before_the_gate_fails(project):
     pytest.importorskip("matplotlib")
     strict = QualityParams(thresholds={"int4": Thresholds(max_kl=0.4)})
     with pytest.raises(report.PipelineError, match="tiny/ort-cpu-int4: kl"):
-        report.stage(SimpleNamespace(quality=strict, variants=VARIANTS), Layout(project))
+        report.stage(_params(strict), Layout(project))
     page = (project / "reports" / "index.html").read_text()
     assert "1 threshold miss(es)" in page and 'class="miss"' in page
 
@@ -113,3 +120,32 @@ def test_bandwidth_bound_arithmetic():
     # 10 GB/s over 100 MB of weights per token: at most 100 tokens/s; 25 tokens/s is a quarter of that
     assert bandwidth.bound_tokens_per_s(10.0, 100_000_000) == pytest.approx(100.0)
     assert bandwidth.fraction_of_bound(25.0, 10.0, 100_000_000) == pytest.approx(0.25)
+
+
+def test_every_configured_build_has_a_status_and_nothing_else_a_row(project):
+    """Built rows carry numbers; a failed stage's record gives its row the reason (while the stage's metrics are
+    missing or older); a variant the model leaves out is "not configured"; a model with no runs is "not built";
+    metrics of a model not in params.yaml give no row. The report then fails naming what did not complete."""
+    layout = Layout(project)
+    (project / "metrics/tiny/ort-cpu-int4/export.json").unlink()  # as DVC leaves a failed export: outputs deleted
+    fsutil.write_json(layout.failure("tiny", "ort-cpu-int4", "export"),
+                      {"command": "aipc export tiny ort-cpu-int4", "error": "export tiny-ort-cpu-int4: refused"})
+    shutil.copytree(project / "metrics/tiny", project / "metrics/gone")  # a model since removed from params.yaml
+    builds = {"tiny": ["ov-int4", "ort-cpu-int4"], "new": list(VARIANTS)}
+    with pytest.raises(PipelineError) as err:
+        report.run(GATE, VARIANTS, builds, project / "metrics", project / "reports/quality.json",
+                   html=project / "reports/index.html")
+    assert "1 build(s) did not complete" not in (page := (project / "reports/index.html").read_text())
+    assert "4 build(s) did not complete</b>:<br>tiny/ort-cpu-int4: aipc export tiny ort-cpu-int4: " in page
+    assert str(err.value) == ("4 of 5 model x variant builds did not complete: tiny/ort-cpu-int4: aipc export tiny "
+                              "ort-cpu-int4: export tiny-ort-cpu-int4: refused; new/ov-fp16: not built; new/ov-int4: "
+                              "not built; new/ort-cpu-int4: not built")
+    rows = {(r["model"], r["variant"]): r for r in json.loads((project / "reports/quality.json").read_text())["rows"]}
+    assert set(rows) == {(m, v) for m in builds for v in VARIANTS}
+    assert rows["tiny", "ov-fp16"]["status"] == "not configured" and rows["tiny", "ov-int4"]["status"] == "ok"
+    assert rows["tiny", "ort-cpu-int4"]["status"] == "failed" and rows["new", "ov-int4"]["status"] == "not built"
+
+    # Restored from DVC's run cache (no command ran, so the record stays): the newer metrics file outranks it.
+    time.sleep(0.01)
+    fsutil.write_json(project / "metrics/tiny/ort-cpu-int4/export.json", {"wall_s": 6.5})
+    report.run(GATE, VARIANTS, {"tiny": ["ov-int4", "ort-cpu-int4"]}, project / "metrics", project / "r.json")

@@ -220,7 +220,8 @@ def test_report_marks_a_synthetic_models_rows_ungated(tmp_path):
     fsutil.write_json(metrics / "real/ov-int4/quality.json", {"gate": good})
     fsutil.write_json(metrics / "real/source/fetch.json", {"fetch": {"source": "hub"}})
     gate = QualityParams(thresholds={"int4": Thresholds(min_cosine=0.97, max_kl=0.8)}, enforce=True)
-    table, misses = report.run(gate, {"ov-int4": tinyrelease.OV_INT4}, metrics, tmp_path / "reports/quality.json")
+    table, misses = report.run(gate, {"ov-int4": tinyrelease.OV_INT4}, {"synth": ["ov-int4"], "real": ["ov-int4"]},
+                               metrics, tmp_path / "reports/quality.json")
     rows = {r["model"]: r for r in json.loads((tmp_path / "reports/quality.json").read_text())["rows"]}
     assert misses == []
     assert rows["synth"]["status"] == "ungated (random weights)" and rows["synth"]["misses"] == []
@@ -229,7 +230,8 @@ def test_report_marks_a_synthetic_models_rows_ungated(tmp_path):
     # The same numbers from a real checkpoint fail the gate.
     fsutil.write_json(metrics / "synth/source/fetch.json", {"fetch": {"source": "hub"}})
     with pytest.raises(PipelineError, match="synth/ov-int4"):
-        report.run(gate, {"ov-int4": tinyrelease.OV_INT4}, metrics, tmp_path / "reports/quality.json")
+        report.run(gate, {"ov-int4": tinyrelease.OV_INT4}, {"synth": ["ov-int4"], "real": ["ov-int4"]}, metrics,
+                   tmp_path / "reports/quality.json")
 
 
 # ---- Phi-3's tokenizer ---------------------------------------------------------------------------------------

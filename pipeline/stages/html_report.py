@@ -141,7 +141,7 @@ def _cell(row: dict, key: str, fmt: str, notes: list[str] | None = None) -> str:
     return f"<td{cls}>{text}</td>"
 
 
-def page(rows: list[dict], exports: list[dict], misses: list[str], enforce: bool) -> str:
+def page(rows: list[dict], exports: list[dict], misses: list[str], enforce: bool, not_built: list[str] = ()) -> str:
     models = len({r["model"] for r in rows})
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in TABLE)
     notes: list[str] = []
@@ -160,13 +160,16 @@ def page(rows: list[dict], exports: list[dict], misses: list[str], enforce: bool
                f'{"" if enforce else " (quality.enforce is false: not failing the pipeline)"}:<br>'
                + "<br>".join(html.escape(m) for m in misses) + "</p>") if misses else \
         '<p class="ok">Every gated variant is within its thresholds.</p>'
+    if not_built:
+        verdict = (f'<p class="misses"><b>{len(not_built)} build(s) did not complete</b>:<br>'
+                   + "<br>".join(html.escape(m) for m in not_built) + "</p>\n" + verdict)
     imgs = "".join(f'<img src="{name}" alt="{name}">' for name in CHARTS)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>aipc report</title><style>{CSS}</style></head>
 <body>
 <h1>Artifacts vs the FP32 reference</h1>
-<div class="meta">{len(rows)} artifact(s) of {models} model(s); written by <code>aipc report</code> at {when}.
+<div class="meta">{len(rows)} model x variant(s), {models} model(s); written by <code>aipc report</code> at {when}.
 Quality from each artifact's own runtime (teacher-forced); speed and memory from its smoke run.</div>
 {verdict}
 <div class="charts">{imgs}</div>
@@ -185,12 +188,14 @@ included). KL is over the reference's top-k plus one tail bucket (a lower bound 
 """
 
 
-def write(rows: list[dict], exports: list[dict], misses: list[str], enforce: bool, out: Path) -> list[Path]:
-    """Write `out` (the HTML page) and its PNGs beside it; return every path written."""
+def write(rows: list[dict], exports: list[dict], misses: list[str], enforce: bool, out: Path,
+          not_built: list[str] = ()) -> list[Path]:
+    """Write `out` (the HTML page) and its PNGs beside it; return every path written. `rows` without numbers (a
+    build that failed, was not run or is not configured) are listed with their status and drawn nowhere."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pngs = charts(rows, out.parent)
     tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(page(rows, exports, misses, enforce), encoding="utf-8")
+    tmp.write_text(page(rows, exports, misses, enforce, list(not_built)), encoding="utf-8")
     tmp.replace(out)
     return [out, *pngs]

@@ -1,8 +1,14 @@
-"""Stage `report`: one table of every artifact's quality (variant x metric), and the gate.
+"""Stage `report`: one table of every configured model x variant's quality (variant x metric), and the gate.
 
-Reads every metrics/<model>/<variant>/quality.json, checks its `gate` numbers against the thresholds of the
-variant (by name, else its precision family) (quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails
-naming every variant and metric that missed, unless quality.enforce is false (then the misses are only listed).
+One row per model in params.yaml x variant in params.yaml, nothing else (metrics of a model or variant since removed
+are not read): "not configured" where the model's `variants:` leaves the variant out; "failed" with the reason where
+one of its stages failed (the failure record the CLI leaves, pipeline/layout.py `failure`: DVC keeps nothing of a
+failed stage); "not built" where its stages have not run. For the others it reads metrics/<model>/<variant>/
+quality.json, checks its `gate` numbers against the thresholds of the variant (by name, else its precision family)
+(quality.thresholds in params.yaml), prints the table, writes reports/quality.json, and fails naming every build
+that did not complete and every variant and metric that missed, unless quality.enforce is false (then the misses
+are only listed). As a DVC stage it runs only when every stage upstream succeeded; after a failure `aipc repro` runs
+it outside DVC (`dvc repro --keep-going` skips it), so the failures are reported by name.
 The family comes from the variant's params as they are now, so changing a threshold re-gates without re-measuring.
 The report is not under metrics/: the stage depends on that whole directory (which is how DVC orders it after every
 quality stage), and DVC refuses a stage whose output lies inside its own dependency.
@@ -24,12 +30,13 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline import fsutil
+from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import limits_for, misses
+from pipeline.layout import IR_FP16, REFERENCE, SOURCE, Layout
 from pipeline.params import QualityParams
 
 REPORT = "reports/quality.json"
@@ -41,53 +48,93 @@ COLUMNS = [("cosine", "{:.5f}"), ("top1", "{:.3f}"), ("kl", "{:.2e}"), ("ppl_rat
            ("similarity", "{:.3f}"), ("answers_identical", "{:.2f}")]
 
 
-def run(quality: QualityParams, variants: Mapping, metrics_root: Path, out: Path, *,
-        artifacts_root: Path | None = None, plots: Path | None = None, html: Path | None = None
-        ) -> tuple[str, list[str]]:
-    """Return (table, misses) and write them to `out` (JSON); raise PipelineError on any miss if quality.enforce.
+def run(quality: QualityParams, variants: Mapping, builds: Mapping[str, Sequence[str]], metrics_root: Path, out: Path,
+        *, artifacts_root: Path | None = None, plots: Path | None = None, html: Path | None = None) -> tuple[str, list[str]]:
+    """Return (table, misses) and write them to `out` (JSON); raise PipelineError if a build did not complete, or
+    on any threshold miss if quality.enforce.
 
-    `artifacts_root` (default: beside `metrics_root`) is read for bytes on disk; `plots` and `html`, when given, are
-    where the dvc-plots rows and the HTML page (with its PNGs beside it) go.
+    `builds` is model -> the variants it builds (params.yaml's models, each with its `variants:`): there is one row
+    per model x variant of `variants`, and none for anything else under `metrics_root`. `artifacts_root` (default:
+    beside `metrics_root`) is read for bytes on disk, and the failure records beside it (Layout.failure) for the
+    reasons of failed stages; `plots` and `html`, when given, are where the dvc-plots rows and the HTML page (with
+    its PNGs beside it) go.
     """
     metrics_root = Path(metrics_root)
     artifacts_root = Path(artifacts_root) if artifacts_root else metrics_root.parent / "artifacts"
-    paths = sorted(metrics_root.glob("*/*/quality.json"))
-    if not paths:
-        raise PipelineError(f"{metrics_root}: no */*/quality.json to report on; run the quality stages first")
-    rows, failures = [], []
-    for path in paths:
-        model, name = path.parent.parent.name, path.parent.name
-        if name not in variants:  # left over from a variant since removed from params.yaml
-            continue
-        rec = json.loads(path.read_text())
-        fam = variants[name].family
-        limits = limits_for(quality, name, variants[name])
-        random_weights = is_synthetic(metrics_root / model)
-        missed = [] if random_weights else misses(rec["gate"], limits)
-        failures += [f"{model}/{name}: {m}" for m in missed]
-        status = (RANDOM_WEIGHTS if random_weights else "ungated" if limits is None else "MISS" if missed
-                  else "ok")
-        rows.append({"model": model, "variant": name, "family": fam, **rec["gate"], "status": status,
-                     "misses": missed, **performance(path.parent, artifacts_root / model / name,
-                                                     quality_rss_mb=rec.get("peak_rss_mb"))})
-    exports = export_stages(metrics_root, {r["model"] for r in rows}, variants)
-    table = _table(rows) + "\n\n" + _perf_table(rows)
-    fsutil.write_json(out, {"enforce": quality.enforce, "rows": rows, "exports": exports, "misses": failures})
+    failed = Layout(metrics_root.parent).failure
+    rows, failures, unbuilt = [], [], []
+    for model, chosen in builds.items():
+        for name, variant in variants.items():
+            fam = variant.family
+            row = {"model": model, "variant": name, "family": fam}
+            if name not in chosen:
+                rows.append({**row, "status": NOT_CONFIGURED})
+                continue
+            reason = failure(model, name, variant, metrics_root, failed)
+            path = metrics_root / model / name / "quality.json"
+            if reason or not path.is_file():
+                status = "failed" if reason else NOT_BUILT
+                rows.append({**row, "status": status, "reason": reason})
+                unbuilt.append(f"{model}/{name}: {reason or NOT_BUILT}")
+                continue
+            rec = json.loads(path.read_text())
+            limits = limits_for(quality, name, variant)
+            random_weights = is_synthetic(metrics_root / model)
+            missed = [] if random_weights else misses(rec["gate"], limits)
+            failures += [f"{model}/{name}: {m}" for m in missed]
+            status = (RANDOM_WEIGHTS if random_weights else "ungated" if limits is None else "MISS" if missed
+                      else "ok")
+            rows.append({**row, **rec["gate"], "status": status, "misses": missed,
+                         **performance(path.parent, artifacts_root / model / name,
+                                       quality_rss_mb=rec.get("peak_rss_mb"))})
+    built = [r for r in rows if "misses" in r]
+    exports = export_stages(metrics_root, {r["model"] for r in built}, variants)
+    table = _table(rows) + "\n\n" + _perf_table(built)
+    fsutil.write_json(out, {"enforce": quality.enforce, "rows": rows, "exports": exports, "misses": failures,
+                            "not_built": unbuilt})
     if plots:
-        fsutil.write_json(plots, {"rows": [{k: r.get(k) for k in PLOT_FIELDS} for r in rows]})
+        fsutil.write_json(plots, {"rows": [{k: r.get(k) for k in PLOT_FIELDS} for r in built]})
     if html:
         from pipeline.stages import html_report  # matplotlib: imported only where the page is drawn
 
-        html_report.write(rows, exports, failures, quality.enforce, Path(html))
+        html_report.write(rows, exports, failures, quality.enforce, Path(html), not_built=unbuilt)
     print(table)
     if failures:
         print("\nmissed thresholds:\n" + "\n".join(f"  {f}" for f in failures), file=sys.stderr)
-        if quality.enforce:
-            raise PipelineError(
-                f"quality gate: {len(failures)} miss(es): {'; '.join(failures)} "
-                "(set quality.enforce: false in params.yaml to explore without the gate)"
-            )
+    if unbuilt:
+        print("\nnot built:\n" + "\n".join(f"  {f}" for f in unbuilt), file=sys.stderr)
+    errors = [f"{len(unbuilt)} of {sum(r['status'] != NOT_CONFIGURED for r in rows)} model x variant builds did "
+              f"not complete: {'; '.join(unbuilt)}"] if unbuilt else []
+    if failures and quality.enforce:
+        errors.append(f"quality gate: {len(failures)} miss(es): {'; '.join(failures)} "
+                      "(set quality.enforce: false in params.yaml to explore without the gate)")
+    if errors:
+        raise PipelineError("; ".join(errors))
     return table, failures
+
+
+NOT_CONFIGURED = "not configured"  # the model's `variants:` leaves this variant out
+NOT_BUILT = "not built"  # no quality record and no failure: its stages have not run (yet)
+
+
+def failure(model: str, name: str, variant, metrics_root: Path, failed) -> str | None:
+    """The reason the last run of one of this artifact's stages failed, first stage first, or None.
+
+    A stage's failure record (Layout.failure, written by the CLI) counts while the stage's own metrics file is
+    absent or older: DVC deletes a stage's outputs, metrics included, before running it; the next run of the
+    stage deletes the record first; a restore from DVC's run cache writes the metrics anew."""
+    chain = [(SOURCE, "fetch"), *([(IR_FP16, "export")] if backends.get(variant.backend).NEEDS_IR else []),
+             (name, "export"), (name, "smoke"), (REFERENCE, "reference"), (name, "quality")]
+    for stage_name, kind in chain:
+        record = failed(model, stage_name, kind)
+        if not record.is_file():
+            continue
+        done = metrics_root / model / stage_name / f"{kind}.json"
+        if done.is_file() and done.stat().st_mtime_ns > record.stat().st_mtime_ns:
+            continue
+        rec = json.loads(record.read_text())
+        return f"{rec.get('command')}: {rec.get('error')}"
+    return None
 
 
 RANDOM_WEIGHTS = "ungated (random weights)"
@@ -191,7 +238,8 @@ def _table(rows: list[dict]) -> str:
     head = ["model/variant", "family", *(c for c, _ in COLUMNS), "status"]
     body = [
         [f"{r['model']}/{r['variant']}", r["family"],
-         *(fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in COLUMNS), r["status"]]
+         *(fmt.format(r[c]) if r.get(c) is not None else "-" for c, fmt in COLUMNS),
+         r["status"] + (f": {r['reason']}" if r.get("reason") else "")]
         for r in rows
     ]
     return _format(head, body)
@@ -206,5 +254,6 @@ def _format(head: list[str], body: list[list]) -> str:
 def stage(params, layout) -> tuple[str, list[str]]:
     """`aipc report`: reads params.quality (thresholds, enforce) and params.variants (for each family)."""
     root = Path(layout.root)
-    return run(params.quality, params.variants, root / "metrics", root / REPORT, artifacts_root=root / "artifacts",
-               plots=root / PLOTS, html=root / HTML)
+    builds = {model: params.variants_of(model) for model in params.models}
+    return run(params.quality, params.variants, builds, root / "metrics", root / REPORT,
+               artifacts_root=root / "artifacts", plots=root / PLOTS, html=root / HTML)
