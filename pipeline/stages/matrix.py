@@ -35,7 +35,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.params import Params, configured
+from pipeline.layout import BUILDS
+from pipeline.params import Params, builds_yaml, configured
 
 GB = 1e9
 # Hosted runners (GitHub's documentation): 16 GB RAM; about 14 GB of free disk. `--runner NAME=RAM,DISK` adds one.
@@ -337,6 +338,7 @@ def scale(params: Params, root: Path, n: int, like: str, runners: dict | None) -
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(root / "dvc.yaml", tmp)
         Path(tmp, "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        Path(tmp, BUILDS).write_text(builds_yaml(scaled))  # dvc.yaml's foreach reads it
         Path(tmp, ".dvc").mkdir()  # a DVC project outside git: all Repo() needs to read dvc.yaml
         Path(tmp, ".dvc", "config").write_text("[core]\n    no_scm = true\n")
         return plan(scaled, Path(tmp), runners, strict=False)
