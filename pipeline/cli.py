@@ -80,7 +80,8 @@ COMMANDS = {
                                              "route's seed recipe's bytes (default 1.05)"}),
                           (("--budget-mb",), {"type": float, "help": "budget in MB (10^6 bytes), every route"}),
                           (("--commits",), {"type": int, "default": 10, "help": "experiments made from the last N "
-                                            "commits (default 10)"}))),
+                                            "commits (default 10)"}),
+                          (("--rev",), {"help": "count the commits from this revision (default HEAD)"}))),
     "publish": Command("pipeline.stages.publish:stage", "release dirs to a hub (one commit + a version tag per "
                        "variant) and/or DVC outs to a DVC remote; not a DVC stage", (
                            MODEL,

@@ -103,12 +103,14 @@ def front(route_points: list[dict]) -> list[dict]:
         for q in route_points)), key=lambda p: p["bytes"])
 
 
-def stage(params, layout, budget_x: float = 1.05, budget_mb: float | None = None, commits: int = 10) -> dict:
+def stage(params, layout, budget_x: float = 1.05, budget_mb: float | None = None, commits: int = 10,
+          rev: str | None = None) -> dict:
     import dvc.api
 
-    # The workspace, the last `commits` commits and every experiment made from them (`dvc exp show -n`): a search
-    # queued before the latest commit still counts. A recipe is shown where it was first seen (newest first).
-    rows = dvc.api.exp_show(repo=str(layout.root), num=commits)
+    # The workspace, the last `commits` commits (from `rev`, default HEAD) and every experiment made from them
+    # (`dvc exp show -n`): a search queued before the latest commit still counts. A recipe is shown where it was
+    # first seen (newest first).
+    rows = dvc.api.exp_show(repo=str(layout.root), revs=rev, num=commits)
     found = points(rows)
     by_route: dict[tuple, list] = defaultdict(list)
     for p in found:
