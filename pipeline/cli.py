@@ -74,6 +74,14 @@ COMMANDS = {
                                              "(exports they affect rerun)"}),
                              (("--check",), {"action": "store_true", "help": "fail naming a package whose "
                                              "installed version drifted"}))),
+    "pareto": Command("pipeline.stages.pareto:stage", "the INT4 recipes of every DVC experiment per route: the "
+                      "Pareto front of KL against bytes and the pick under a size budget; not a DVC stage", (
+                          (("--budget-x",), {"type": float, "default": 1.05, "help": "budget as a multiple of the "
+                                             "route's seed recipe's bytes (default 1.05)"}),
+                          (("--budget-mb",), {"type": float, "help": "budget in MB (10^6 bytes), every route"}),
+                          (("--commits",), {"type": int, "default": 10, "help": "experiments made from the last N "
+                                            "commits (default 10)"}),
+                          (("--rev",), {"help": "count the commits from this revision (default HEAD)"}))),
     "publish": Command("pipeline.stages.publish:stage", "release dirs to a hub (one commit + a version tag per "
                        "variant) and/or DVC outs to a DVC remote; not a DVC stage", (
                            MODEL,

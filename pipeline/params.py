@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from build_native.params import NativeParams
+from pipeline import calibset
 from pipeline.backends import BACKENDS, get
 from pipeline.errors import PipelineError
 from pipeline.layout import RESERVED_MODELS, RESERVED_VARIANTS
@@ -177,6 +178,24 @@ class Params(Strict):
     def builds(self) -> list[tuple[str, str]]:
         """Every (model, variant) that is built: each model with the variants it names (default: all)."""
         return [(model, v) for model in self.models for v in self.variants_of(model)]
+
+    @model_validator(mode="after")
+    def _calibration_sets(self) -> Params:
+        # Checked here, so `check` fails before any export: a set too small, or one that shares text with the eval
+        # set (calibrating on scored text would inflate the gate).
+        for name, variant in self.variants.items():
+            path = getattr(variant, "calibration", None)
+            if path is None:
+                continue
+            try:
+                n = len(calibset.load(path))
+                calibset.require_disjoint(path, self.quality.evalset)
+            except PipelineError as e:
+                raise ValueError(f"variant {name}: {e}") from None
+            if variant.num_samples > n:
+                raise ValueError(f"variant {name}: num_samples {variant.num_samples} but {path} holds {n} "
+                                 "conversations")
+        return self
 
 
 def configured(params: Params) -> list[tuple[str, str, str]]:

@@ -197,6 +197,30 @@ def test_quantization_options_reach_the_graph(tiny_models, tmp_path):
     assert record["graph"]["producer"] == f"onnxruntime-genai {og.__version__}+{og.__commit__[:7]}"
 
 
+@pytest.mark.parametrize("algo", ["rtn_last", "k_quant_last"])
+def test_algo_config_reaches_the_graph(algo, tiny_models, tmp_path):
+    # *_last: the LM head at int8, the body at int4, read from the ONNX file itself. k_quant writes zero points
+    # whatever is_symmetric says, so it is only accepted asymmetric.
+    variant = OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu", algo_config=algo,
+                               is_symmetric=algo.startswith("rtn"))
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, ir_fp16=None, smoke=SMOKE)
+    assert record["extra_options"]["algo_config"] == algo
+    nodes = {n.name: n for n in onnx.load(tmp_path / "model.onnx", load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"}
+    bits = {name: next(onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "bits")
+            for name, n in nodes.items()}
+    head = next(name for name in bits if name.startswith("/lm_head/"))
+    assert bits[head] == 8 and {b for name, b in bits.items() if name != head} == {4}
+    assert record["graph"]["matmulnbits"]["lm_head_bits"] == 8
+    zero_points = [len(n.input) > 3 and bool(n.input[3]) for n in nodes.values()]
+    assert all(zero_points) if algo.startswith("k_quant") else not any(zero_points)
+
+
+def test_symmetric_k_quant_is_refused():
+    with pytest.raises(ValueError, match="k_quant is always asymmetric in the builder"):
+        OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu", algo_config="k_quant")
+
+
 def test_lm_head_mistaken_by_builder_is_caught(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(tiny._BASE, "intermediate_size", tiny.VOCAB)

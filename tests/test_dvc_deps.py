@@ -107,7 +107,7 @@ def _roots(name: str, stage: dict) -> list[str]:
 def _code_deps(stage: dict) -> list[str]:
     deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
     return [d for d in deps if d.startswith(("pipeline/", "build_native/")) and not d.startswith(
-        ("pipeline/evalset", "build_native/ov_runner"))]  # data and C++ sources, not imported
+        ("pipeline/evalset", "pipeline/calibration", "build_native/ov_runner"))]  # data and C++ sources, not imported
 
 
 def _rel(module: str) -> str:

@@ -21,8 +21,8 @@ def raw() -> dict:
 
 def test_repo_params_are_valid():
     p = params.load(ROOT / "params.yaml")
-    assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16",
-                               "npu-lib-int4", "npu-lib-int8"}
+    assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ov-int4-calib", "ov-int4-npu-calib",
+                               "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16", "npu-lib-int4", "npu-lib-int8"}
     int4 = p.variants["ov-int4"]
     assert (int4.group_size, int4.ratio, int4.sym) == (128, 0.6, True)
     npu = p.variants["ov-int4-npu"]
@@ -35,7 +35,8 @@ def test_misspelt_variant_key_names_key_and_closest_valid_key(tmp_path, raw):
         params.load(_write(tmp_path, raw))
     assert str(e.value) == (
         "params.yaml: variants.openvino.ov-int4.grup_size: unknown key; did you mean 'group_size'? (valid keys "
-        "here: weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu)")
+        "here: weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu, calibration, "
+        "num_samples, seq_len, awq, scale_estimation, gptq, lora_correction, sensitivity_metric, backup_precision)")
 
 
 def test_misspelt_top_level_key_is_named_not_reported_missing(tmp_path, raw):

@@ -40,6 +40,8 @@ def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
         options["is_symmetric"] = str(variant.is_symmetric).lower()
         if variant.accuracy_level is not None:
             options["accuracy_level"] = str(variant.accuracy_level)
+        if variant.algo_config is not None:
+            options["algo_config"] = variant.algo_config
     return options
 
 

@@ -28,6 +28,7 @@ def read_back(artifact: Path) -> dict:
     ]
     producers = {name: node for node in graph.node for name in node.output}
     head = producers["logits"]
+    head_bits = next((onnx.helper.get_attribute_value(a) for a in head.attribute if a.name == "bits"), None)
     feed = producers.get(head.input[0])
     return {
         "producer": f"{model.producer_name} {model.producer_version}",
@@ -40,6 +41,9 @@ def read_back(artifact: Path) -> dict:
             # The attribute is left out where it is 0, the builder's default for non-CPU providers.
             "accuracy_level": sorted({n.get("accuracy_level", 0) for n in nbits}),
             "asymmetric": sum(n["zero_points"] for n in nbits),
+            # Only where bits are mixed (algo_config *_last / *_mixed): single-width records keep their bytes.
+            **({"int8": sum(n["bits"] == 8 for n in nbits), "lm_head_bits": head_bits}
+               if len({n["bits"] for n in nbits}) > 1 else {}),
         },
         # MatMuls that multiply by a stored weight in floating point, i.e. were not quantized.
         "float_matmul_weights": sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers),
@@ -66,8 +70,14 @@ def check_graph(graph: dict, variant: OnnxGenaiVariant) -> None:
             raise PipelineError(
                 f"{wanted}, but {MODEL_ONNX} has no MatMulNBits (weights {', '.join(sorted(floats))}): not quantized"
             )
-        if nbits["bits"] != [bits]:
-            raise PipelineError(f"{wanted}, but {MODEL_ONNX}'s MatMulNBits have bits={nbits['bits']}")
+        # algo_config *_last / *_mixed put the LM head (and some layers) at int8 on purpose.
+        promoted = variant.precision == "int4" and (variant.algo_config or "").endswith(("_last", "_mixed"))
+        if nbits["bits"] != ([4, 8] if promoted else [bits]):
+            raise PipelineError(f"{wanted}{f' with algo_config {variant.algo_config}' if promoted else ''}, but "
+                                f"{MODEL_ONNX}'s MatMulNBits have bits={nbits['bits']}")
+        if promoted and nbits.get("lm_head_bits") != 8:
+            raise PipelineError(f"{wanted} with algo_config {variant.algo_config}, but the LM head of {MODEL_ONNX} "
+                                f"has bits={nbits.get('lm_head_bits', 4)}")
         if nbits["block_size"] != [variant.block_size]:
             raise PipelineError(
                 f"{wanted} with block_size {variant.block_size}, but {MODEL_ONNX} has block_size={nbits['block_size']}"

@@ -20,11 +20,28 @@ def upstream(src: str, dst: str, variant: OpenVINOVariant) -> str:
             flags += [f"--group-size {variant.group_size}", f"--ratio {variant.ratio}",
                       f"--group-size-fallback {variant.group_size_fallback}"]
         flags.append("--sym" if variant.sym else "")
+        flags += _data_aware_flags(variant)
     cmd = f"optimum-cli export openvino --model {src} --task text-generation-with-past {' '.join(f for f in flags if f)} {dst}"
     if variant.weight_format != "fp16" and variant.from_fp16_ir:
         cmd += ("\n# (the pipeline compresses its FP16 IR with nncf.compress_weights instead: same per-layer "
                 "precisions, a few codes differ)")
+    if variant.calibration is not None:
+        cmd += (f"\n# calibration: the first {variant.num_samples} conversations of {variant.calibration} (this "
+                f"repository), chat-templated, cut to {variant.seq_len} tokens; optimum-cli's --dataset takes only "
+                "named hub datasets, so it cannot reproduce this calibration offline")
     return cmd
+
+
+def _data_aware_flags(variant: OpenVINOVariant) -> list[str]:
+    flags = [f"--{name.replace('_', '-')}" for name in ("awq", "scale_estimation", "gptq", "lora_correction")
+             if getattr(variant, name)]
+    if variant.sensitivity_metric is not None:
+        flags.append(f"--sensitivity-metric {variant.sensitivity_metric}")
+    if variant.backup_precision != "int8_asym":
+        flags.append(f"--backup-precision {variant.backup_precision}")
+    if variant.calibration is not None:
+        flags.append(f"--num-samples {variant.num_samples}")
+    return flags
 
 
 def usage(repo: str, variant: OpenVINOVariant) -> str:

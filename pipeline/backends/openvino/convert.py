@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.backends.common import files_record, one_line, versions
-from pipeline.backends.openvino import npu
+from pipeline.backends.openvino import calibration, npu
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
 from pipeline.errors import PipelineError
@@ -62,6 +62,7 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
     out = Path(out)
     start = time.perf_counter()
     phases = Phases("export")
+    calibrated = None
     if variant.weight_format == "fp16":
         if ir_fp16 is None:
             export_ir(source, out)
@@ -73,11 +74,13 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
         if ir_fp16 is None:
             with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fp16-") as tmp:
                 export_ir(source, Path(tmp))
-                _compress_ir(Path(tmp), variant, out, phases)
+                calibrated = _compress_ir(Path(tmp), variant, out, source, phases)
         else:
-            _compress_ir(Path(ir_fp16), variant, out, phases)
+            calibrated = _compress_ir(Path(ir_fp16), variant, out, source, phases)
         method = "NNCF compress_weights on the FP16 IR"
     else:
+        if variant.calibration is not None:
+            raise PipelineError("calibration needs from_fp16_ir: true (NNCF calibrates the FP16 IR)")
         _retrace(source, variant, out)
         method = "optimum-intel export with weight quantization (re-traced from the checkpoint)"
     _require_tokenizer_irs(out)
@@ -95,13 +98,14 @@ def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path |
         "seconds": round(time.perf_counter() - start, 2),
         "phases": phases.seconds,
         "weights": weights,
+        **({"calibration": calibrated} if calibrated else {}),
         **npu_record,
         "files": files_record(out),
         "versions": versions("optimum-intel", "nncf", "openvino", "openvino-tokenizers", "transformers"),
     }
 
 
-def _nncf_options(variant: OpenVINOVariant) -> dict:
+def _nncf_options(variant: OpenVINOVariant, dataset=None, statistics_path: Path | None = None) -> dict:
     import nncf
 
     if variant.weight_format == "int8":
@@ -109,28 +113,54 @@ def _nncf_options(variant: OpenVINOVariant) -> dict:
         mode = nncf.CompressWeightsMode.INT8_SYM if variant.sym else nncf.CompressWeightsMode.INT8_ASYM
         return {"mode": mode, "ratio": 1.0, "group_size": -1}
     mode = nncf.CompressWeightsMode.INT4_SYM if variant.sym else nncf.CompressWeightsMode.INT4_ASYM
-    return {
-        "mode": mode,
-        "ratio": variant.ratio,
-        "group_size": variant.group_size,
-        "advanced_parameters": nncf.AdvancedCompressionParameters(
-            group_size_fallback_mode=nncf.GroupSizeFallbackMode(variant.group_size_fallback)
-        ),
-    }
+    advanced = {"group_size_fallback_mode": nncf.GroupSizeFallbackMode(variant.group_size_fallback)}
+    options = {"mode": mode, "ratio": variant.ratio, "group_size": variant.group_size}
+    # Passed only where set, so the data-free variants make exactly the call they made before these options.
+    if variant.sensitivity_metric is not None:
+        options["sensitivity_metric"] = nncf.SensitivityMetric(variant.sensitivity_metric)
+    if variant.backup_precision != "int8_asym":
+        options["backup_mode"] = nncf.BackupMode(variant.backup_precision)
+    if dataset is not None:
+        options.update(dataset=dataset, subset_size=variant.num_samples, awq=variant.awq,
+                       scale_estimation=variant.scale_estimation, gptq=variant.gptq,
+                       lora_correction=variant.lora_correction)
+        advanced["statistics_path"] = str(statistics_path)
+    options["advanced_parameters"] = nncf.AdvancedCompressionParameters(**advanced)
+    return options
 
 
-def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, phases: Phases) -> None:
+def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, source: Path, phases: Phases) -> dict | None:
+    """Compress the FP16 IR into `out`; for a data-aware variant, return what the calibration was."""
     with phases("import"):
         import nncf
         import openvino as ov
 
     with phases("read the FP16 IR"):
         model = ov.Core().read_model(ir_fp16 / MODEL_XML)
+    dataset = cache = record = None
+    if variant.calibration is not None:
+        with phases("calibration inputs"):
+            tokens = calibration.samples(source, variant)
+            dataset = nncf.Dataset([calibration.inputs(model, ids) for ids in tokens])
+        cache = calibration.StatisticsCache(calibration.statistics_key(ir_fp16, tokens))
+        cache.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"set": variant.calibration, "samples": len(tokens), "tokens": sum(map(len, tokens)),
+                  "statistics": cache.final.name, "statistics_reused": cache.reused}
+    start = time.perf_counter()
     try:
         with phases("compress"):
-            compressed = nncf.compress_weights(model, **_nncf_options(variant))
-    except nncf.InvalidGroupSizeError as e:
-        raise _group_size_error(variant, e) from None
+            compressed = nncf.compress_weights(model, **_nncf_options(variant, dataset, cache and cache.path))
+    except BaseException as e:
+        if cache is not None:
+            cache.discard()
+        if isinstance(e, nncf.InvalidGroupSizeError):
+            raise _group_size_error(variant, e) from None
+        if isinstance(e, nncf.ParameterNotSupportedError):
+            raise PipelineError(f"NNCF refused the options: {one_line(e)}") from None
+        raise
+    if cache is not None:
+        cache.commit()
+        record["compress_seconds"] = round(time.perf_counter() - start, 2)
     # The FP16 IR asks the CPU plugin for an f16 KV cache (runtime_options.KV_CACHE_PRECISION); optimum removes
     # that flag from every weight-compressed model so the plugin picks its own (smaller) KV-cache precision, and an
     # int4 CLI export never has it. Remove it too, so this IR runs like the CLI's.
@@ -147,6 +177,7 @@ def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, phases: Pha
     for path in ir_fp16.iterdir():
         if path.name not in (MODEL_XML, MODEL_BIN, MANIFEST):
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, out / path.name)
+    return record
 
 
 def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:

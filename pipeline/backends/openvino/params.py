@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pipeline.schema import Strict
+
+
+DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
+_NEW = ("calibration", "num_samples", "seq_len", *DATA_AWARE, "sensitivity_metric", "backup_precision")
 
 
 class OpenVINOVariant(Strict):
@@ -24,6 +28,42 @@ class OpenVINOVariant(Strict):
     from_fp16_ir: bool = True
     # Run the smoke test through the NPU static-shape pipeline as well (on CPU when no NPU is present).
     npu: bool = False
+    # Data-aware INT4 (NNCF): a calibration set (pipeline/calibration/*.yaml, chat conversations rendered through the
+    # model's chat template) whose first `num_samples` conversations, cut to `seq_len` tokens, are fed to the FP16
+    # IR. With it, `ratio` < 1 picks the INT4 layers by an activation-based sensitivity metric (NNCF's default:
+    # max_activation_variance) instead of the weights' own quantization error.
+    calibration: str | None = None
+    num_samples: Annotated[int, Field(ge=1)] = 32
+    seq_len: Annotated[int, Field(ge=8)] = 256
+    awq: bool = False  # activation-aware scaling of salient channels
+    scale_estimation: bool = False  # scales that minimise each layer's output error on the calibration activations
+    gptq: bool = False  # layer-by-layer error feedback (not with lora_correction)
+    lora_correction: bool = False  # low-rank int8 adapters that correct the INT4 error (adds bytes)
+    sensitivity_metric: Literal["weight_quantization_error", "hessian_input_activation", "mean_activation_variance",
+                                "max_activation_variance", "mean_activation_magnitude"] | None = None
+    # The precision of the layers `ratio` leaves out of INT4 (and of embeddings / lm_head); none keeps them FP16.
+    backup_precision: Literal["int8_asym", "int8_sym", "none"] = "int8_asym"
+
+    @model_validator(mode="after")
+    def _data_aware(self) -> OpenVINOVariant:
+        wanted = [k for k in DATA_AWARE if getattr(self, k)]
+        if self.sensitivity_metric not in (None, "weight_quantization_error"):
+            wanted.append(f"sensitivity_metric {self.sensitivity_metric}")
+        if wanted and self.calibration is None:
+            raise ValueError(f"{', '.join(wanted)} needs a calibration set: add `calibration: "
+                             "pipeline/calibration/default.yaml`")
+        if self.calibration is not None and self.weight_format != "int4":
+            raise ValueError("calibration applies to weight_format int4 only (NNCF's data-aware methods)")
+        if self.gptq and self.lora_correction:
+            raise ValueError("gptq and lora_correction cannot be combined (NNCF: select one of them)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _recorded(self, handler):
+        # The data-aware options are recorded only where they differ from their defaults, so the records (export
+        # metrics, provenance.json, model cards) of the data-free variants keep the bytes they had before them.
+        d = handler(self)
+        return {k: v for k, v in d.items() if k not in _NEW or v != type(self).model_fields[k].default}
 
     @field_validator("group_size")
     @classmethod

@@ -76,9 +76,13 @@ def weight_layers(model) -> list[dict]:
                 "zero_point": traced["zero_point"] is not None,
                 "group_size": group,
                 "in_channels": shape[-1] * (shape[-2] if len(shape) == 3 else 1),
+                "out_channels": shape[0],
                 "params": _size(traced["weight"]),
             })
     return layers
+
+
+LORA_RANK = 8  # NNCF's AdvancedLoraCorrectionParameters.adapter_rank default
 
 
 def weight_precisions(model_xml: Path, variant: OpenVINOVariant) -> dict:
@@ -90,7 +94,11 @@ def weight_precisions(model_xml: Path, variant: OpenVINOVariant) -> dict:
         raise PipelineError(f"{model_xml}: no linear layers with constant weights found")
     where = f"{Path(model_xml).parent.name}/{Path(model_xml).name}"
     int4 = [lay for lay in layers if lay["int4"]]
-    ratio_defining = [lay for lay in layers if lay["role"] == "linear"]
+    # lora_correction adds two int8 adapter MatMuls (rank x in, out x rank) beside each INT4 layer; they are not
+    # the model's layers and the ratio does not count them.
+    adapters = [lay for lay in layers if getattr(variant, "lora_correction", False) and lay["role"] == "linear"
+                and not lay["int4"] and min(lay["in_channels"], lay["out_channels"]) == LORA_RANK]
+    ratio_defining = [lay for lay in layers if lay["role"] == "linear" and lay not in adapters]
     fallbacks = []  # int4 only
 
     def fail(problem: str, bad: list[dict]) -> PipelineError:
@@ -138,6 +146,7 @@ def weight_precisions(model_xml: Path, variant: OpenVINOVariant) -> dict:
             raise fail(f"ratio 1.0 but linear layers are {', '.join(sorted({lay['type'] for lay in bad}))}", bad)
     int4_linear = [lay for lay in ratio_defining if lay["int4"]]
     return {
+        **({"lora_adapters": len(adapters)} if adapters else {}),
         "layers": len(layers),
         "element_types": dict(sorted(Counter(lay["type"] for lay in layers).items())),
         "zero_points": sum(lay["zero_point"] for lay in layers),

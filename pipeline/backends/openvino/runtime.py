@@ -19,6 +19,7 @@ from pipeline.backends.common import (
     tokenizer_parity,
     versions,
 )
+from pipeline.backends.openvino.calibration import prefill
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML
 
@@ -129,13 +130,7 @@ def logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int]) -
     xml = Path(artifact) / MODEL_XML
     request = _compiled_f32(str(xml), xml.stat().st_mtime_ns).create_infer_request()
     request.reset_state()  # stateful model: the KV cache lives in the request
-    n = len(input_ids)
-    outputs = request.infer({
-        "input_ids": np.asarray([input_ids], dtype=np.int64),
-        "attention_mask": np.ones((1, n), dtype=np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None],
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    })
+    outputs = request.infer(prefill(input_ids))
     return np.asarray(outputs["logits"][0], dtype=np.float32)
 
 
