@@ -33,12 +33,14 @@ def test_points_front_and_pick():
     rows[1]["params.yaml:variants.openvino.ov-int4-calib.gptq"] = "!"  # absent in that experiment
     del rows[1]["params.yaml:variants.openvino.ov-int4-calib.scale_estimation"]  # unique column: DVC drops the file
     rows[1]["variants.openvino.ov-int4-calib.scale_estimation"] = "True"
+    rows[1]["metrics/smollm2/ov-int4-calib/smoke.json:decode_tokens_per_s"] = 41.5
     found = pareto.points(rows)
     assert {p["route"] for p in found} == {"openvino CPU", "openvino NPU"}
     cpu = [p for p in found if p["route"] == "openvino CPU"]
     assert sorted(p["experiment"] for p in pareto.front(cpu)) == ["ov-awq-se", "ov-big", "ov-r1"]  # seed dominated
     awq_se = next(p for p in cpu if p["experiment"] == "ov-awq-se")
     assert awq_se["bytes"] == 113.9e6 and awq_se["recipe"]["sym"] is True and "gptq" not in awq_se["recipe"]
+    assert awq_se["tok_s"] == 41.5  # the smoke's decode speed, a column of its own
     assert pareto.describe(awq_se["recipe"]) == "awq g128 r0.6 scale_estimation sym"
     # Under 1.05 x the seed's bytes the 140 MB recipe does not fit: the pick is the best KL that does.
     budget = 1.05 * next(p for p in cpu if p["variant"] == "ov-int4")["bytes"]

@@ -49,6 +49,8 @@ def points(rows: list[dict]) -> list[dict]:
                 point["statistics_reused"] = value
             elif m["kind"] == "quality" and key.startswith("gate."):
                 point[key.removeprefix("gate.")] = value
+            elif m["kind"] == "smoke" and key == "decode_tokens_per_s":
+                point["tok_s"] = value
         for (model, variant), point in metrics.items():
             recipe = recipes.get(variant, {})
             if "kl" not in point or (recipe.get("weight_format") or recipe.get("precision")) != "int4":
@@ -122,12 +124,14 @@ def stage(params, layout, budget_x: float = 1.05, budget_mb: float | None = None
         print(f"\n{model} / {name}: {len(route_points)} recipes"
               + (f"; budget {budget / 1e6:.1f} MB" + ("" if budget_mb else f" ({budget_x} x {seed['variant']})")
                  if budget else ""))
-        print(f"  {'':1} {'MB':>7} {'KL':>6} {'top-1':>6} {'ppl x':>6} {'sim':>5}  recipe (variant @ experiment)")
+        print(f"  {'':1} {'MB':>7} {'KL':>6} {'top-1':>6} {'ppl x':>6} {'sim':>5} {'tok/s':>6}  "
+              "recipe (variant @ experiment)")
         best = front(route_points)
         for p in sorted(route_points, key=lambda p: (p["bytes"], p["kl"])):
             mark = "*" if p in best else " "
             print(f"  {mark} {p['bytes'] / 1e6:7.1f} {p['kl']:6.3f} {p.get('top1', float('nan')):6.3f} "
-                  f"{p.get('ppl_ratio', float('nan')):6.3f} {p.get('similarity', float('nan')):5.2f}  "
+                  f"{p.get('ppl_ratio', float('nan')):6.3f} {p.get('similarity', float('nan')):5.2f} "
+                  f"{p.get('tok_s', float('nan')):6.1f}  "
                   f"{describe(p['recipe'])} "
                   f"({p['variant']} @ {p['experiment']})")
         fits = [p for p in best if budget is None or p["bytes"] <= budget]

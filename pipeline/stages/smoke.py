@@ -24,6 +24,12 @@ def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict
     with measured(f"{variant.backend}-smoke@{model}-{variant_name}") as rec:
         print(f"[smoke] {model}-{variant_name}: {len(params.smoke.prompts)} prompt(s)", file=sys.stderr)
         rec.update(backends.get(variant.backend).smoke(artifact, variant, params.smoke, source))
+        # One scalar for `dvc exp show` and `aipc pareto` (they do not look inside lists): the first run's (the
+        # device the artifact is for, or its fallback) mean decode speed over the prompts.
+        speeds = [p["tokens_per_s"] for p in ((rec.get("runs") or [{}])[0].get("prompts") or [])
+                  if p.get("tokens_per_s")]
+        if speeds:
+            rec["decode_tokens_per_s"] = round(sum(speeds) / len(speeds), 2)
     fsutil.write_json(layout.metrics(model, variant_name, "smoke"), rec)
     for run_ in rec.get("runs", []):
         where = run_["device"] + (f" (requested {run_['requested']}: {run_['fallback']})" if run_.get("fallback") else "")
