@@ -129,6 +129,8 @@ def release_project(tmp_path):
     params = project.ROOT / "params.yaml"
     text = params.read_text().replace("  smollm2:\n", "  m:\n")
     (tmp_path / "params.yaml").write_text(text)
+    for data in ("pipeline/calibration", "pipeline/evalset"):  # params validation reads both (calibset's check)
+        shutil.copytree(project.ROOT / data, tmp_path / data)
     return tmp_path
 
 
