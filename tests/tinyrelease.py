@@ -34,6 +34,7 @@ def inputs(root: Path, *, source: str = "embedded", weights: bytes = b"\x01\x02"
     fsutil.write_manifest(art)
     fsutil.write_json(met / "export.json", {"export": {"method": "NNCF compress_weights on the FP16 IR",
                                                        "seconds": seconds, "compile_s": seconds,
+                                                       "phases": [["compress", seconds]],
                                                        "reload": {"load_s": seconds, "max_abs_logit_diff": 0.0},
                                                        "versions": {"nncf": "3.4.0"}},
                                             "versions": {**VERSIONS, "platform": platform}})

@@ -331,8 +331,9 @@ def stage(params, layout, model: str, variant_name: str) -> dict:
 
 
 def _untimed(record):
-    """`record` without its timings (`seconds`, `*_s`), at any depth: provenance must come out the same for the
+    """`record` without its timings (`seconds`, `*_s`, `phases`), at any depth: provenance must come out the same for the
     same bytes (npu-lib's compile_s and reload.load_s made two bit-identical builds' provenance.json differ)."""
     if isinstance(record, dict):
-        return {k: _untimed(v) for k, v in record.items() if k != "seconds" and not k.endswith("_s")}
+        return {k: _untimed(v) for k, v in record.items()
+                if k not in ("seconds", "phases") and not k.endswith("_s")}
     return record
