@@ -92,7 +92,8 @@ def test_export_ir_writes_model_and_tokenizer_irs(fp16_irs):
         assert record["seconds"] > 0
         steps = [name for name, _ in record["phases"]]  # in the order they ran, printed as each started
         assert steps[:2] == ["import", "load"] and steps[-1] == "tokenizer IRs"
-        assert sum(s for _, s in record["phases"]) <= record["seconds"]
+        # each phase and the total are rounded to 0.01 s on their own, so the sum may pass the total by that much
+        assert sum(s for _, s in record["phases"]) <= record["seconds"] + 0.005 * (len(record["phases"]) + 1)
 
 
 def test_fp16_ir_from_the_streamed_load_is_optimums_byte_for_byte(tmp_path):
