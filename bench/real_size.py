@@ -1,7 +1,7 @@
 """Every route at real size: a synthetic Phi-3 checkpoint (exact published config, seeded random BF16 weights) through
 `dvc repro`, one stage at a time, and the table README's "At real size" shows.
 
-    python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--keep]
+    python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--variants ov-int4,...] [--keep]
     python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
 
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
@@ -36,13 +36,14 @@ SHORT = {"phi-3-mini-4k-instruct": "mini4k", "phi-3-mini-128k-instruct": "mini12
 ROUTES = ("openvino", "onnx_genai", "npu_library")
 
 
-def setup(config: str, project: Path, routes: list[str]) -> str:
+def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str:
     if not (project / ".git").is_dir():
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(project)], check=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     model = SHORT[config]
     params["models"] = {model: {"source": "synthetic", "id": config, "revision": "seed:0"}}
-    params["variants"] = {b: (v if b in routes else {}) for b, v in params["variants"].items()}
+    params["variants"] = {b: ({n: v for n, v in group.items() if not only or n in only} if b in routes else {})
+                          for b, group in params["variants"].items()}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stale in ("dvc.lock", "metrics", "reports"):
         path = project / stale
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("config", choices=sorted(SHORT))
     ap.add_argument("--dir", type=Path)
     ap.add_argument("--routes", default="openvino,onnx_genai", help=f"comma-separated, of {', '.join(ROUTES)}")
+    ap.add_argument("--variants", default="", help="comma-separated: only these of the routes' variants")
     ap.add_argument("--table", action="store_true", help="only print the table of a finished run in --dir")
     ap.add_argument("--keep", action="store_true", help="keep the artifacts and DVC cache (many GB)")
     args = ap.parse_args()
@@ -112,10 +114,14 @@ def main() -> None:
     routes = [r for r in args.routes.split(",") if r]
     if unknown := sorted(set(routes) - set(ROUTES)):
         sys.exit(f"--routes: unknown {', '.join(unknown)} (known: {', '.join(ROUTES)})")
+    only = [v for v in args.variants.split(",") if v]
+    known = {n for r in routes for n in yaml.safe_load((ROOT / "params.yaml").read_text())["variants"][r]}
+    if unknown := sorted(set(only) - known):
+        sys.exit(f"--variants: {', '.join(unknown)} not in the routes' variants ({', '.join(sorted(known))})")
     model = SHORT[args.config]
     if not args.table:
         project.mkdir(parents=True, exist_ok=True)
-        setup(args.config, project, routes)
+        setup(args.config, project, routes, only)
         run(project, model, routes)
     print(table(project, model))
     if not args.table and not args.keep:
