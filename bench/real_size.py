@@ -7,8 +7,9 @@
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
 phi-3.5-mini-instruct, phi-3-medium-4k-instruct). DIR (default /tmp/aipc-real-size/CONFIG) becomes a clone of this
 checkout with params.yaml naming only that model and the chosen routes' variants; stages run with this checkout's
-venv and the clone's code. Each route's package stages are the targets, so fetch, ir, reference, export, smoke and
-quality run on the way (DVC runs one stage at a time). Logs: DIR/logs/<route>.log.
+venv and the clone's code, through `aipc repro` (builds.yaml, then `dvc repro --keep-going`). Each route's package
+stages are the targets, so fetch, ir, reference, export, smoke and quality run on the way (DVC runs one stage at a
+time). Logs: DIR/logs/<route>.log.
 
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
 peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
@@ -60,9 +61,10 @@ def run(project: Path, model: str, routes: list[str]) -> None:
         targets = [f"{route}-package@{model}-{v}" for v in params["variants"][route]]
         t0 = time.perf_counter()
         with open(project / "logs" / f"{route}.log", "w") as log:
-            rc = subprocess.run([str(BIN / "dvc"), "repro", "--keep-going", *targets], cwd=project, env=env,
+            # aipc repro: writes builds.yaml (dvc.yaml's per-variant stages iterate over it), then dvc repro
+            rc = subprocess.run([str(BIN / "aipc"), "repro", *targets], cwd=project, env=env,
                                 stdout=log, stderr=subprocess.STDOUT).returncode
-        print(f"{route}: dvc repro of {len(targets)} package targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
+        print(f"{route}: aipc repro of {len(targets)} package targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
               flush=True)
 
 
@@ -77,6 +79,8 @@ def table(project: Path, model: str) -> str:
     source = project / "artifacts" / model / "source"
     weights = sum(p.stat().st_size for p in source.glob("*.safetensors")) if source.is_dir() else None
     if weights is None:  # artifacts already deleted: the fetch record kept the file sizes
+        if not (metrics / "source/fetch.json").is_file():
+            return f"no metrics in {metrics}: fetch did not finish (see {project / 'logs'})"
         fetched = json.loads((metrics / "source/fetch.json").read_text())
         weights = sum(size for name, size in (fetched.get("fetch", {}).get("files") or {}).items()
                       if name.endswith(".safetensors"))
