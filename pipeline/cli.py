@@ -98,7 +98,8 @@ COMMANDS = {
                           (("--like",), {"default": "phi-3-mini-4k-instruct",
                                          "help": "the published config the --scale models copy"}),
                           (("--runner",), {"action": "append", "metavar": "NAME=RAM_GB,DISK_GB",
-                                           "help": "a runner jobs may use (ubuntu-latest=16,14 always)"}),
+                                           "help": "a runner jobs may use (ubuntu-latest=16,14 and windows-latest=16,14 "
+                                                   "always); one with 'windows' in its name takes Windows jobs"}),
                           (("--github-output",), {"type": Path, "metavar": "FILE",
                                                   "help": "also append key=json lines (GITHUB_OUTPUT)"}))),
     "push": Command("pipeline.stages.matrix:push", "dvc push --run-cache, with the metrics files the run-cache "

@@ -37,14 +37,20 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     proc = project.run(ROOT, str(project.BIN / "aipc"), "matrix")
     plan = json.loads(proc.stdout)
     stages = project.dvc(ROOT, "stage", "list", "--name-only").stdout.split()
-    owned = [s for level in ("upstream", "build", "assemble") for job in plan[level] for s in job["targets"].split()]
+    levels = ("upstream", "build", "windows", "assemble")
+    owned = [s for level in levels for job in plan[level] for s in job["targets"].split()]
     assert sorted(owned) == sorted(set(stages) - {"check"})  # each once, none left out
     assert [j["job"] for j in plan["upstream"]] == ["upstream@smollm2", "native"]
     assert [j["job"] for j in plan["build"]] == ["openvino@smollm2", "onnx_genai@smollm2", "npu_library@smollm2"]
-    assert plan["windows"] == [{"job": "dml@smollm2", "runs-on": "windows-latest", "model": "smollm2", "native": "dml",
-                                "variants": "ort-dml-int4 ort-dml-fp16",
-                                "pull": "onnx_genai-export@smollm2-ort-dml-int4 onnx_genai-export@smollm2-ort-dml-fp16"}]
-    jobs = [j for level in ("upstream", "build", "assemble") for j in plan[level]]
+    # the DirectML variants' smokes run on Windows through the runtime built there; their exports and quality on Linux
+    [windows] = plan["windows"]
+    assert {k: windows[k] for k in ("job", "runs-on", "model", "native", "targets")} == {
+        "job": "dml@smollm2", "runs-on": "windows-latest", "model": "smollm2", "native": "dml",
+        "targets": "onnx_genai-smoke@smollm2-ort-dml-int4 onnx_genai-smoke@smollm2-ort-dml-fp16"}
+    ort = next(j for j in plan["build"] if j["job"] == "onnx_genai@smollm2")["targets"].split()
+    assert "onnx_genai-export@smollm2-ort-dml-int4" in ort and "onnx_genai-smoke@smollm2-ort-dml-int4" not in ort
+    assert "onnx_genai-smoke@smollm2-ort-cpu-int4" in ort
+    jobs = [j for level in levels for j in plan[level]]
     assert all(j["estimated"] == [] for j in jobs)  # dvc.lock and metrics/ have every stage's numbers
     ov = next(j for j in plan["build"] if j["job"] == "openvino@smollm2")
     quality = json.loads((ROOT / "metrics/smollm2/ov-fp16/quality.json").read_text())
@@ -52,10 +58,35 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     assert "reference@smollm2" in plan["assemble"][0]["restore"].split()
 
 
-def _synthetic(tmp_path, config: str) -> Path:
+def _synthetic(tmp_path, config: str, dml: bool = True) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["models"] = {"phi3": {"source": "synthetic", "id": config, "revision": "seed:0"}}
+    if not dml:
+        params["native"] = {k: v for k, v in params["native"].items() if v["execution_provider"] != "dml"}
     return project.make(tmp_path, params)
+
+
+def test_without_a_directml_runtime_target_the_dml_smokes_stay_on_linux(tmp_path):
+    plan = json.loads(_plan(_synthetic(tmp_path, "phi-3-mini-4k-instruct", dml=False), "--runner",
+                            "linux-8core=32,300").stdout)
+    assert plan["windows"] == []
+    ort = next(j for j in plan["build"] if j["job"] == "onnx_genai@phi3")["targets"].split()
+    assert ort.index("onnx_genai-export@phi3-ort-dml-int4") < ort.index("onnx_genai-smoke@phi3-ort-dml-int4") \
+        < ort.index("onnx_genai-quality@phi3-ort-dml-int4")
+
+
+def test_a_windows_job_goes_to_a_windows_runner_or_is_refused_naming_one(tmp_path):
+    # a DML smoke pulls the source (7.6 GB at Phi-3-mini size) and the model it runs
+    proj = _synthetic(tmp_path, "phi-3-mini-4k-instruct")
+    refused = _plan(proj, "--runner", "linux-8core=32,300")
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "aipc: error: matrix: job dml@phi3:ort-dml-int4 needs 14.5 GB of disk (environment 4.2 + pulled 10.3 + built "
+        "0.0) but the largest runner, windows-latest, has 14 GB; add a bigger one with --runner "
+        "windows-NAME=RAM_GB,DISK_GB")
+    plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300", "--runner", "windows-8core=32,300").stdout)
+    assert {j["runs-on"] for j in plan["windows"]} == {"windows-8core"}
+    assert {j["runs-on"] for level in ("upstream", "build", "assemble") for j in plan[level]} <= {
+        "ubuntu-latest", "linux-8core"}
 
 
 def test_a_job_no_runner_holds_is_refused_by_name_and_a_bigger_runner_takes_it(tmp_path):
@@ -66,8 +97,8 @@ def test_a_job_no_runner_holds_is_refused_by_name_and_a_bigger_runner_takes_it(t
     assert refused.stderr.strip().splitlines()[-1] == (
         "aipc: error: matrix: job upstream@phi3 needs 19.6 GB of disk (environment 4.2 + pulled 0.0 + built 15.4) but "
         "the largest runner, ubuntu-latest, has 14 GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
-    plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300").stdout)
-    runs_on = {j["job"]: j["runs-on"] for level in ("upstream", "build", "assemble") for j in plan[level]}
+    plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300", "--runner", "windows-8core=32,300").stdout)
+    runs_on = {j["job"]: j["runs-on"] for level in ("upstream", "build", "windows", "assemble") for j in plan[level]}
     assert runs_on["upstream@phi3"] == "linux-8core" and runs_on["native"] == "ubuntu-latest"
     ov = next(j for j in plan["build"] if j["job"] == "openvino@phi3")
     assert ov["disk_gb"] > 14 and ov["runs-on"] == "linux-8core" and ov["estimated"]
@@ -82,9 +113,9 @@ def test_a_stage_that_needs_more_memory_than_any_runner_is_refused_by_name(tmp_p
 
 
 def test_scale_on_paper(tmp_path):
-    out = _plan(Path(ROOT), "--scale", "3", "--runner", "linux-8core=32,300")
+    out = _plan(Path(ROOT), "--scale", "3", "--runner", "linux-8core=32,300", "--runner", "windows-8core=32,300")
     summary = json.loads(out.stdout)
-    assert summary["jobs_per_level"] == {"upstream": 4, "build": 9, "assemble": 1, "windows": 3}
+    assert summary["jobs_per_level"] == {"upstream": 4, "build": 9, "windows": 3, "assemble": 1}
     assert summary["refused"] == 0
     # 3 models: source and IR (7.6 GB each) and 8 variants (2.7-7.6 GB) each; the critical path is a job per level
     assert 3 * 40 < summary["pushed_gb"] < 3 * 60

@@ -97,6 +97,25 @@ def test_onnx_genai_card(tmp_path):
     assert card.data.library_name == "onnx" and "onnxruntime-genai" in card.data.tags
     assert "-p int4 -e dml --extra_options hf_token=false block_size=32 is_symmetric=true" in card.text
     assert "pip install onnxruntime-genai-directml" in card.text
+    assert "| CPU (CPU) | What is the capital of France? | 3 | 12.5 | 99.0 | Paris. |" in card.text
+
+
+def test_a_directml_card_quotes_the_windows_jobs_dml_smoke(tmp_path):
+    """The release workflow's Windows job runs the DML variants' smoke stages through the DirectML runtime it built;
+    the assembling job restores that smoke.json, and the card quotes its numbers, not a CPU fallback's."""
+    paths = tinyrelease.inputs(tmp_path)
+    (paths["metrics"] / "smoke.json").write_text(json.dumps({
+        "status": "passed", "versions": {"system": "Windows AMD64"},
+        "runs": [{"device": "DML", "requested": "dml", "fallback": None,
+                  "prompts": [{"prompt": "What is the capital of France?", "text": "Paris.", "new_tokens": 3,
+                               "ttft_ms": 4.2, "tokens_per_s": 210.0}]}]}))
+    out = tmp_path / "rel"
+    package.run("m", "ort-dml-int4", OnnxGenaiVariant(precision="int4", execution_provider="dml"), paths["artifact"],
+                paths["source"], paths["metrics"], out)
+    text = (out / "README.md").read_text()
+    assert "## Performance (smoke run on the build machine: Windows AMD64)" in text
+    assert "| DML (dml) | What is the capital of France? | 3 | 4.2 | 210.0 | Paris. |" in text
+    assert "CPU execution provider" not in text
 
 
 def test_a_changed_file_fails_verification_naming_it(tmp_path):

@@ -8,7 +8,9 @@ Jobs, in the order they run (each level needs every job of the one before; GitHu
   build     one per (model x backend group): <backend>-{export,smoke,quality}@m-v for each configured variant v of
             that backend (openvino's also runs runner@m, which reads the FP16 IR and the runner wheel)
   windows   one per model with DirectML variants when a `dml` native target is configured: the DirectML runtime built
-            natively and the DML smoke on the runner's GPU (not DVC stages: DirectML exists only there)
+            from source there, then <backend>-smoke@m-v of those variants through it on the runner's GPU (taken out of
+            the Linux build job, so the smoke.json the packages' cards quote is DirectML's; without a `dml` target
+            they stay in the build job and record their CPU fallback)
   assemble  report and every <backend>-package@m-v; pulls the rest, which must all be up to date
 
 Every job runs `check` (always_changed by design, cheap) and restores what earlier jobs pushed from the remote's run
@@ -40,8 +42,8 @@ from pipeline.params import Params, builds_yaml, configured
 
 GB = 1e9
 # Hosted runners (GitHub's documentation): 16 GB RAM; about 14 GB of free disk. `--runner NAME=RAM,DISK` adds one.
-RUNNERS = {"ubuntu-latest": (16.0, 14.0)}
-WINDOWS = "windows-latest"
+# Windows jobs go to runners whose name has "windows" in it, the others to the rest.
+RUNNERS = {"ubuntu-latest": (16.0, 14.0), "windows-latest": (16.0, 14.0)}
 # `make setup` on this project's machines (du -s): .venv 2.2 GB + .venv-npu 2.0 GB, before any data.
 SETUP_GB = 4.2
 
@@ -80,8 +82,9 @@ class Stage:
 @dataclass
 class Job:
     name: str
-    level: str  # upstream | build | assemble
+    level: str  # one of LEVELS
     stages: list[str]
+    extra: dict = field(default_factory=dict)  # more matrix fields (the Windows job's model and native target)
     runs_on: str = "ubuntu-latest"
     rss_gb: float = 0.0
     disk_gb: float = 0.0
@@ -90,7 +93,7 @@ class Job:
     push_gb: float = 0.0
 
 
-LEVELS = ("upstream", "build", "assemble")
+LEVELS = ("upstream", "build", "windows", "assemble")
 
 
 def _ownership(params: Params) -> tuple[list[Job], dict[str, tuple[str, str | None]]]:
@@ -100,10 +103,17 @@ def _ownership(params: Params) -> tuple[list[Job], dict[str, tuple[str, str | No
     jobs["native"] = Job("native", "upstream", ["runner_wheel", *(f"build_native@{t}" for t in params.native)])
     assemble = Job("assemble", "assemble", ["report"])
     model_of: dict[str, tuple[str, str | None]] = {}
+    dml_native = next((t for t, n in params.native.items() if n.execution_provider == "dml"), None)
     for model, backend, variant in configured(params):
         job = jobs.setdefault(f"{backend}@{model}", Job(f"{backend}@{model}", "build", []))
         names = [f"{backend}-{kind}@{model}-{variant}" for kind in ("export", "smoke", "quality", "package")]
-        job.stages += names[:3]
+        job.stages += [names[0], names[2]]
+        # DirectML is decided by the ONNX Runtime variant's execution provider (the only backend that has one)
+        if dml_native and getattr(params.variants[variant], "execution_provider", None) == "dml":
+            jobs.setdefault(f"dml@{model}", Job(f"dml@{model}", "windows", [], extra={
+                "model": model, "native": dml_native})).stages.append(names[1])
+        else:
+            job.stages.insert(-1, names[1])
         assemble.stages.append(names[3])
         model_of.update((n, (model, params.variants[variant].family)) for n in names)
     for model in params.models:  # the runner decodes the FP16 IR: it goes with the model's OpenVINO job
@@ -203,32 +213,41 @@ def _fit(job: Job, stages: dict[str, Stage], runners: dict[str, tuple[float, flo
     job.pull_gb = sum(stages[p].out_gb for p in pulled)
     job.disk_gb = SETUP_GB + job.push_gb + job.pull_gb
     job.wall_s = sum(stages[s].wall_s for s in job.stages)
-    for name, (ram, disk) in runners.items():
+    for name, (ram, disk) in _pool(runners, job).items():
         if job.rss_gb <= ram and job.disk_gb <= disk:
             job.runs_on = name
             return
     job.runs_on = ""
 
 
+def _pool(runners: dict[str, tuple[float, float]], job: Job) -> dict[str, tuple[float, float]]:
+    return {n: size for n, size in runners.items() if ("windows" in n) == (job.level == "windows")}
+
+
 def _refuse(job: Job, stages: dict[str, Stage], runners: dict[str, tuple[float, float]]) -> PipelineError:
-    name, (ram, disk) = max(runners.items(), key=lambda r: r[1])
+    pool = _pool(runners, job)
+    if not pool:
+        return PipelineError(f"matrix: job {job.name} needs a {'Windows' if job.level == 'windows' else 'Linux'} "
+                             "runner and --runner named none")
+    name, (ram, disk) = max(pool.items(), key=lambda r: r[1])
+    hint = "--runner windows-NAME=RAM_GB,DISK_GB" if job.level == "windows" else "--runner NAME=RAM_GB,DISK_GB"
     big = max(job.stages, key=lambda s: stages[s].rss_gb)
     how = "estimated" if stages[big].estimated else "measured"
     if job.rss_gb > ram:
         return PipelineError(f"matrix: {big} needs {stages[big].rss_gb:.1f} GB of RAM ({how}) but the largest runner, "
-                             f"{name}, holds {ram:g} GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
+                             f"{name}, holds {ram:g} GB; add a bigger one with {hint}")
     return PipelineError(f"matrix: job {job.name} needs {job.disk_gb:.1f} GB of disk (environment {SETUP_GB} + pulled "
                          f"{job.pull_gb:.1f} + built {job.push_gb:.1f}) but the largest runner, {name}, has {disk:g} "
-                         "GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB")
+                         f"GB; add a bigger one with {hint}")
 
 
 def _split(job: Job, model_of: dict) -> list[Job]:
-    """A job too big for any runner, in smaller ones: a build job per variant; the assembly per model (its packages)
-    and the report alone."""
-    if job.level == "build":
+    """A job too big for any runner, in smaller ones: a build (or Windows) job per variant; the assembly per model
+    (its packages) and the report alone."""
+    if job.level in ("build", "windows"):
         keys = {s: s.split("@", 1)[1] for s in job.stages}
-        return [Job(f"{job.name}:{key.removeprefix(job.name.split('@', 1)[1] + '-')}", "build",
-                    [s for s in job.stages if keys[s] == key]) for key in dict.fromkeys(keys.values())]
+        return [Job(f"{job.name}:{key.removeprefix(job.name.split('@', 1)[1] + '-')}", job.level,
+                    [s for s in job.stages if keys[s] == key], extra=job.extra) for key in dict.fromkeys(keys.values())]
     if job.level == "assemble" and len(job.stages) > 1:
         models = dict.fromkeys(model_of[s][0] for s in job.stages if s in model_of)
         return [Job("assemble", "assemble", [s for s in job.stages if s not in model_of])] + [
@@ -277,25 +296,14 @@ def plan(params: Params, root: Path, runners: dict[str, tuple[float, float]] | N
 
 def _render(params: Params, jobs: list[Job], stages: dict[str, Stage], refused: list[str]) -> dict:
     def entry(job: Job) -> dict:
-        return {"job": job.name, "runs-on": job.runs_on, "targets": " ".join(job.stages),
+        return {"job": job.name, "runs-on": job.runs_on, **job.extra, "targets": " ".join(job.stages),
                 "peak_rss_gb": round(job.rss_gb, 2), "disk_gb": round(job.disk_gb, 2),
                 "pull_gb": round(job.pull_gb, 3), "push_gb": round(job.push_gb, 3), "wall_s": round(job.wall_s),
                 "estimated": [s for s in job.stages if stages[s].estimated]}
 
-    dml_targets = [t for t, n in params.native.items() if n.execution_provider == "dml"]
-    windows = []
-    for model in params.models:
-        # DirectML is decided by the ONNX Runtime variant's execution provider (the only backend that has one).
-        dml = [v for m, _, v in configured(params)
-               if m == model and getattr(params.variants[v], "execution_provider", None) == "dml"]
-        if dml and dml_targets:
-            windows.append({"job": f"dml@{model}", "runs-on": WINDOWS, "model": model, "native": dml_targets[0],
-                            "variants": " ".join(dml),
-                            "pull": " ".join(f"onnx_genai-export@{model}-{v}" for v in dml)})
     out = {level: [entry(j) for j in jobs if j.level == level] for level in LEVELS}
     for job, e in zip([j for j in jobs if j.level == "assemble"], out["assemble"]):
         e["restore"] = " ".join(_upstream_of(job.stages, stages))
-    out["windows"] = windows
     if refused:
         out["refused"] = refused
     return out
@@ -316,9 +324,9 @@ def _upstream_of(targets: list[str], stages: dict[str, Stage]) -> list[str]:
 def summary(plan_: dict) -> dict:
     """Job count, critical path (levels run one after another; within one, the slowest job) and remote traffic."""
     levels = [plan_[level] for level in LEVELS]
-    return {"jobs": sum(len(lv) for lv in levels) + len(plan_["windows"]),
-            "jobs_per_level": {**{level: len(plan_[level]) for level in LEVELS}, "windows": len(plan_["windows"])},
-            "critical_path_s": sum(max(j["wall_s"] for j in lv) for lv in levels),
+    return {"jobs": sum(len(lv) for lv in levels),
+            "jobs_per_level": {level: len(plan_[level]) for level in LEVELS},
+            "critical_path_s": sum(max((j["wall_s"] for j in lv), default=0) for lv in levels),
             "pushed_gb": round(sum(j["push_gb"] for lv in levels for j in lv), 1),
             "pulled_gb": round(sum(j["pull_gb"] for lv in levels for j in lv), 1),
             "largest_job_rss_gb": max(j["peak_rss_gb"] for lv in levels for j in lv),
