@@ -1,7 +1,8 @@
 """Every route at real size: a synthetic Phi-3 checkpoint (exact published config, seeded random BF16 weights) through
 `dvc repro`, one stage at a time, and the table README's "At real size" shows.
 
-    python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--variants ov-int4,...] [--keep]
+    python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--variants ov-int4,...]
+                                     [--until package|smoke] [--keep]
     python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
 
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
@@ -9,7 +10,7 @@ phi-3.5-mini-instruct, phi-3-medium-4k-instruct). DIR (default /tmp/aipc-real-si
 checkout with params.yaml naming only that model and the chosen routes' variants; stages run with this checkout's
 venv and the clone's code, through `aipc repro` (builds.yaml, then `dvc repro --keep-going`). Each route's package
 stages are the targets, so fetch, ir, reference, export, smoke and quality run on the way (DVC runs one stage at a
-time). Logs: DIR/logs/<route>.log.
+time); `--until smoke` stops at the smoke stages (no reference, quality or package). Logs: DIR/logs/<route>.log.
 
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
 peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
@@ -52,19 +53,19 @@ def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str
     return model
 
 
-def run(project: Path, model: str, routes: list[str]) -> None:
+def run(project: Path, model: str, routes: list[str], until: str = "package") -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project),
            "DVC_NO_ANALYTICS": "1"}
     (project / "logs").mkdir(exist_ok=True)
     for route in routes:
-        targets = [f"{route}-package@{model}-{v}" for v in params["variants"][route]]
+        targets = [f"{route}-{until}@{model}-{v}" for v in params["variants"][route]]
         t0 = time.perf_counter()
         with open(project / "logs" / f"{route}.log", "w") as log:
             # aipc repro: writes builds.yaml (dvc.yaml's per-variant stages iterate over it), then dvc repro
             rc = subprocess.run([str(BIN / "aipc"), "repro", *targets], cwd=project, env=env,
                                 stdout=log, stderr=subprocess.STDOUT).returncode
-        print(f"{route}: aipc repro of {len(targets)} package targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
+        print(f"{route}: aipc repro of {len(targets)} {until} targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
               flush=True)
 
 
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path)
     ap.add_argument("--routes", default="openvino,onnx_genai", help=f"comma-separated, of {', '.join(ROUTES)}")
     ap.add_argument("--variants", default="", help="comma-separated: only these of the routes' variants")
+    ap.add_argument("--until", choices=("package", "smoke"), default="package", help="the last stage to run")
     ap.add_argument("--table", action="store_true", help="only print the table of a finished run in --dir")
     ap.add_argument("--keep", action="store_true", help="keep the artifacts and DVC cache (many GB)")
     args = ap.parse_args()
@@ -126,7 +128,7 @@ def main() -> None:
     if not args.table:
         project.mkdir(parents=True, exist_ok=True)
         setup(args.config, project, routes, only)
-        run(project, model, routes)
+        run(project, model, routes, args.until)
     print(table(project, model))
     if not args.table and not args.keep:
         for scratch in (project / "artifacts" / model, project / "releases", project / ".dvc" / "cache"):

@@ -107,6 +107,26 @@ def test_longrope_past_the_original_context(exported, tiny_models):
     assert cosine(onnx_genai.logits(artifact, VARIANTS["ort-dml-fp16"], ids), want) >= 0.9999
 
 
+@pytest.mark.parametrize("name", ["ort-cpu-int4", "ort-dml-fp16"])
+def test_a_sequence_past_the_sliding_window_runs(name, exported, tiny_models):
+    """Phi-3-mini-4k's sliding window is 2047. Left to its default, the 0.18 builder gives the CPU EP a 2063-position
+    KV cache and GroupQueryAttention refused any longer sequence (the quality stage's 2304-token one at real size).
+    The builder also makes every Phi-3 layer full attention (no layer is marked sliding in the config), so past the
+    window the graph attends further back than transformers does: the logits there track torch without the window."""
+    ids = [int(i) for i in np.random.default_rng(1).integers(len(tiny.SPECIALS), tiny.VOCAB, 2304)]
+    artifact, _ = exported("mini-4k", name)
+    got = onnx_genai.logits(artifact, VARIANTS[name], ids)
+    assert got.shape[0] == 2304
+    full = AutoModelForCausalLM.from_pretrained(tiny_models["mini-4k"], dtype=torch.float32, sliding_window=None).eval()
+    with torch.no_grad():
+        unwindowed = full(torch.tensor([ids])).logits[0].numpy()
+    windowed = torch_logits(tiny_models["mini-4k"], ids)
+    head, tail = slice(0, 2047), slice(2047, None)
+    np.testing.assert_array_equal(windowed[head], unwindowed[head])
+    assert cosine(got[tail], unwindowed[tail]) > cosine(got[tail], windowed[tail])
+    assert cosine(got[tail], unwindowed[tail]) >= cosine(got[head], unwindowed[head]) - 0.005
+
+
 # config.json as transformers 5 writes it (tiny.resave_config): re-saved after loading the legacy file (keeps the
 # legacy `type` key), as transformers 5 builds it (rope_type only: the builder's KeyError 'type'), that with
 # original_max_position_embeddings only inside rope_parameters, and with the `factor` transformers 5 asks for.

@@ -95,7 +95,7 @@ def test_onnx_genai_card(tmp_path):
     package.run("m", "ort-dml-int4", variant, paths["artifact"], paths["source"], paths["metrics"], out)
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "onnx" and "onnxruntime-genai" in card.data.tags
-    assert "-p int4 -e dml --extra_options hf_token=false block_size=32 is_symmetric=true" in card.text
+    assert "-p int4 -e dml --extra_options hf_token=false windowed_kv_cache=false block_size=32 is_symmetric=true" in card.text
     assert "pip install onnxruntime-genai-directml" in card.text
     assert "| CPU (CPU) | What is the capital of France? | 3 | 12.5 | 99.0 | Paris. |" in card.text
 

@@ -34,7 +34,14 @@ def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
     onnxruntime_genai/models/quantization/quant_config.py). Its --help still lists `int4_`-prefixed aliases
     (int4_block_size, int4_accuracy_level), but nothing reads them: they are silently ignored (checked: block 32).
     """
-    options = {"hf_token": "false"}  # a local checkpoint: never look up a hub token
+    # hf_token: a local checkpoint, never look up a hub token. windowed_kv_cache: for a sliding-window model (Phi-3
+    # mini-4k and medium: 2047) on the CPU EP the 0.18 builder marks every attention layer's KV cache window-sized
+    # (GQA sliding_window_cache=1) but lists none of them in genai_config's sliding_window.layers; onnxruntime-genai
+    # then sizes one 2063-position cache and any sequence past it fails in GroupQueryAttention ("total_sequence_length
+    # must ... be no greater than past_sequence_length for a static cache"), a chat of 2064 tokens included. With the
+    # full-length cache the window is still applied (local_window_size) and long sequences run. No effect on models
+    # without a sliding window or on other EPs.
+    options = {"hf_token": "false", "windowed_kv_cache": "false"}
     if variant.precision in ("int4", "int8"):
         options["block_size"] = str(variant.block_size)
         options["is_symmetric"] = str(variant.is_symmetric).lower()
