@@ -179,7 +179,8 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
     def from_disk(self, out_dir):
         spill, out_dir = Path(self.cache_dir).absolute() / "float-graph", os.path.abspath(out_dir)  # chdir below
         spill.mkdir(parents=True, exist_ok=True)
-        with phases(f"save the float graph to {spill} to quantize it from disk"):
+        print(f"builder: the float graph goes to {spill}, to be quantized from disk", file=sys.stderr)
+        with phases("save the float graph"):
             ir.save(self.model, spill / "model.onnx", external_data="model.onnx.data", size_threshold_bytes=0)
         # Every reference to the torch tensors: the weights, and the graph and its values (their initializers are
         # lazy casts of those tensors).
