@@ -97,6 +97,12 @@ def steps(job: str) -> list[dict]:
     return [s for s in workflow["jobs"][job]["steps"] if s.get("id") in ("remote", "dvc")]
 
 
+def workflow_env(job: str) -> dict:
+    """The `env:` the workflow and the job give every step."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    return {**workflow.get("env", {}), **workflow["jobs"][job].get("env", {})}
+
+
 def _expand(value: str, entry: dict, secret: dict) -> str:
     def one(m: re.Match) -> str:
         scope, name = m.group(1), m.group(2)
@@ -133,7 +139,8 @@ def run_job(level: str, entry: dict, origin: Path, workdir: Path, secret: dict, 
     started = time.monotonic()
     with open(log, "w") as out:
         for step in steps(level):
-            step_env = {**env(), **{k: _expand(str(v), entry, secret) for k, v in step.get("env", {}).items()}}
+            declared = {**workflow_env(level), **step.get("env", {})}
+            step_env = {**env(), **{k: _expand(str(v), entry, secret) for k, v in declared.items()}}
             proc = subprocess.Popen(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
                                     cwd=where, env=step_env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)

@@ -54,7 +54,7 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     assert all(j["estimated"] == [] for j in jobs)  # dvc.lock and metrics/ have every stage's numbers
     ov = next(j for j in plan["build"] if j["job"] == "openvino@smollm2")
     quality = json.loads((ROOT / "metrics/smollm2/ov-fp16/quality.json").read_text())
-    assert ov["peak_rss_gb"] >= quality["peak_rss_mb"] / 1e3 and ov["pull_gb"] > 0.5  # the source and the IR
+    assert ov["peak_rss_gb"] >= round(quality["peak_rss_mb"] / 1e3, 2) and ov["pull_gb"] > 0.5  # the source and the IR
     assert "reference@smollm2" in plan["assemble"][0]["restore"].split()
 
 
