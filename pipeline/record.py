@@ -62,3 +62,14 @@ class Phases:
             yield
         finally:
             self.seconds.append([name, round(time.perf_counter() - t0, 2)])
+
+
+def untimed(record):
+    """`record` without its timings (`seconds`, `*_s`, `phases`), at any depth: what is kept with an artifact must come
+    out the same for the same bytes (npu-lib's compile_s and reload.load_s made two bit-identical builds'
+    provenance.json differ; the native build's seconds made its output a new DVC object on every run)."""
+    if isinstance(record, dict):
+        return {k: untimed(v) for k, v in record.items() if k not in ("seconds", "phases") and not k.endswith("_s")}
+    if isinstance(record, list):
+        return [untimed(v) for v in record]
+    return record

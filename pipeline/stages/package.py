@@ -25,6 +25,7 @@ from typing import Any
 from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import LIMITS, limits_for, misses
+from pipeline.record import untimed
 from pipeline.layout import SOURCE, SOURCE_JSON
 from pipeline.params import Thresholds
 
@@ -295,7 +296,7 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
         "license": license,
         "source_files_sha256": source_files,
         "artifact_files_sha256": {n: h for n, h in fsutil.hash_tree(artifact_dir).items()},
-        "export": _untimed({k: v for k, v in (export.get("export") or {}).items() if k != "files"}),
+        "export": untimed({k: v for k, v in (export.get("export") or {}).items() if k != "files"}),
         # The versions recorded when the artifact was exported (python and every tool), not those of whoever
         # packages it. Not the kernel build string (`platform`, kept in the metrics): it changes from machine to
         # machine and does not change a byte of the artifact.
@@ -330,10 +331,3 @@ def stage(params, layout, model: str, variant_name: str) -> dict:
                thresholds=limits.model_dump() if limits else None, enforce=params.quality.enforce)
 
 
-def _untimed(record):
-    """`record` without its timings (`seconds`, `*_s`, `phases`), at any depth: provenance must come out the same for the
-    same bytes (npu-lib's compile_s and reload.load_s made two bit-identical builds' provenance.json differ)."""
-    if isinstance(record, dict):
-        return {k: _untimed(v) for k, v in record.items()
-                if k not in ("seconds", "phases") and not k.endswith("_s")}
-    return record
