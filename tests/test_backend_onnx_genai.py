@@ -206,7 +206,8 @@ def test_quantization_options_reach_the_graph(tiny_models, tmp_path):
     )
     record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, ir_fp16=None, smoke=SMOKE)
     assert record["extra_options"] == {
-        "hf_token": "false", "block_size": "64", "is_symmetric": "false", "accuracy_level": "1",
+        "hf_token": "false", "windowed_kv_cache": "false", "block_size": "64", "is_symmetric": "false",
+        "accuracy_level": "1",
     }
     nodes = [n for n in onnx.load(tmp_path / "model.onnx", load_external_data=False).graph.node
              if n.op_type == "MatMulNBits"]
