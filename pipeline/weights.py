@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+MADV_PAGEOUT = 21  # Linux 5.4+; Python 3.11's mmap module does not name it
+_mapped: list[weakref.ref] = []  # every shard read_state_dict mapped, while a tensor still views it
 
 
 def checkpoint_dtype(source: Path) -> str:
@@ -49,6 +52,7 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
             header = json.loads(f.read(size))
             header.pop("__metadata__", None)
             mapped = np.memmap(shard, dtype=np.uint8, mode="c", offset=8 + size)  # copy-on-write: never the file
+            _mapped.append(weakref.ref(mapped._mmap))
             for name, meta in header.items():
                 stored = SAFETENSORS_DTYPES.get(meta["dtype"])
                 if stored is None:
@@ -65,6 +69,15 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
                 tensor = raw.view(getattr(torch, stored)).reshape(meta["shape"])
                 tensors[name] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
     return tensors
+
+
+def page_out() -> None:
+    """Hand the kernel back the resident pages of every mapped shard (MADV_PAGEOUT), for a caller that has read a
+    weight and will not read it again soon. Unwritten pages are the file's and come back from it when touched again;
+    a page written since (copy-on-write) has no swap to go to here and stays: nothing is lost either way."""
+    for ref in _mapped:
+        if (mapping := ref()) is not None and not mapping.closed:
+            mapping.madvise(MADV_PAGEOUT)
 
 
 def load_causal_lm(source: Path, dtype: torch.dtype | None = None, *, label: str = ""):

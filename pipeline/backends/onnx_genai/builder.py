@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,13 @@ from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import check_graph, read_back
 from pipeline.errors import PipelineError
 from pipeline.record import Phases
-from pipeline.weights import load_causal_lm
+from pipeline.weights import load_causal_lm, page_out
 
 if TYPE_CHECKING:
     from pipeline.params import SmokeParams
 
 BUILDER_CACHE = ".builder-cache"  # inside the staging dir, removed before the caller renames it into place
+STAND_IN = "aipc-stand-in:"  # the external-data location of a weight that _within_memory reads when asked
 
 
 def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
@@ -39,8 +41,9 @@ def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
     # (GQA sliding_window_cache=1) but lists none of them in genai_config's sliding_window.layers; onnxruntime-genai
     # then sizes one 2063-position cache and any sequence past it fails in GroupQueryAttention ("total_sequence_length
     # must ... be no greater than past_sequence_length for a static cache"), a chat of 2064 tokens included. With the
-    # full-length cache the window is still applied (local_window_size) and long sequences run. No effect on models
-    # without a sliding window or on other EPs.
+    # full-length cache long sequences run; the builder applies no window to Phi-3's attention either way (its
+    # graphs attend to every past token, where transformers keeps the 2047-token window: DESIGN.md). No effect on
+    # models without a sliding window or on other EPs.
     options = {"hf_token": "false", "windowed_kv_cache": "false"}
     if variant.precision in ("int4", "int8"):
         options["block_size"] = str(variant.block_size)
@@ -156,49 +159,70 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
     - Its checkpoint load (Model.load_weights: a plain from_pretrained) makes a float32 copy of a bf16 checkpoint
       while the shards are mapped. Here the checkpoint is read as stored (pipeline/weights.py): the builder casts
       every initializer to its own io dtype when it writes it, and bf16 -> float32 is exact.
-    - Before quantizing (Model.to_nbits) it turns the whole graph into one in-memory ModelProto, every MatMul weight
-      materialised in float32 while the torch model is still loaded. Here the float graph is first saved to the
-      builder's cache dir one tensor at a time (ir.save) and loaded back with its weights left on disk; the torch
-      model is dropped and the builder's own save_model (its to_nbits, MatMulNBitsQuantizer) runs on that, reading
-      each weight when it gets to it (onnx's to_array resolves external data from the working directory: chdir).
-    Phi-3-mini ort-cpu-int4: 23.9 GB peak before (3.1x its BF16 weights); README, "At real size", has the after.
+    - To quantize (Model.to_nbits) it turns the whole graph into one in-memory ModelProto, every weight materialised
+      in float32 (Phi-3-medium: 56 GB). Here each initializer goes into that proto as a stand-in, an external-data
+      reference to nothing, and when the quantizer reads a stand-in (onnx_ir.from_proto in its default algorithm,
+      onnx.numpy_helper.to_array in rtn/k_quant) it gets the builder's own lazy float32 cast of that one weight,
+      after which the checkpoint pages it touched are handed back (weights.page_out). A stand-in the quantizer left
+      alone becomes the lazy tensor again before the builder saves. (The previous form saved the float graph to
+      disk and quantized it from there: twice the checkpoint's bytes on disk, and all of it resident.)
+    Phi-3-mini ort-cpu-int4: 23.9 GB peak before either (3.1x its BF16 weights); README, "At real size", has now.
     """
-    import gc
-    import sys
-
+    import numpy as np
+    import onnx
     import onnx_ir as ir
 
     base = sys.modules["builders.base"]  # the builder imports its package as top-level `builders`
-    load_weights, save_model = base.Model.load_weights, base.Model.save_model
+    load_weights, to_nbits = base.Model.load_weights, base.Model.to_nbits
+    from_proto, to_array = ir.from_proto, onnx.numpy_helper.to_array
+    lazy: dict[str, ir.TensorProtocol] = {}
+    reads = [0]
 
     def as_stored(self, input_path):
         with phases("load the checkpoint"):
             model, _info = load_causal_lm(source, None, label="builder")
         return model
 
-    def from_disk(self, out_dir):
-        spill, out_dir = Path(self.cache_dir).absolute() / "float-graph", os.path.abspath(out_dir)  # chdir below
-        spill.mkdir(parents=True, exist_ok=True)
-        print(f"builder: the float graph goes to {spill}, to be quantized from disk", file=sys.stderr)
-        with phases("save the float graph"):
-            ir.save(self.model, spill / "model.onnx", external_data="model.onnx.data", size_threshold_bytes=0)
-        # Every reference to the torch tensors: the weights, and the graph and its values (their initializers are
-        # lazy casts of those tensors).
-        self.model = self.graph = self.weights = None
-        self.values = {}
-        gc.collect()
-        self.model = ir.load(spill / "model.onnx")
-        self.graph = self.model.graph
-        with contextlib.chdir(spill), phases("quantize and save (the builder's save_model)"):
-            save_model(self, out_dir)
+    def stand_in(name: str, tensor) -> ir.ExternalTensor:
+        return ir.ExternalTensor(f"{STAND_IN}{name}", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=name)
+
+    def is_stand_in(proto) -> bool:
+        return (isinstance(proto, onnx.TensorProto) and proto.data_location == onnx.TensorProto.EXTERNAL
+                and any(e.key == "location" and e.value.startswith(STAND_IN) for e in proto.external_data))
+
+    def read(proto):
+        # C order, as the proto's raw bytes would give it: the lazy tensor of a transposed torch weight is a strided
+        # view, and the quantizer's kernel reads the buffer as if it were not.
+        array = np.ascontiguousarray(lazy[proto.name].numpy())
+        page_out()
+        reads[0] += 1
+        if reads[0] % 25 == 0:
+            print(f"builder: {reads[0]} weights quantized", file=sys.stderr, flush=True)
+        return array
+
+    def from_stand_ins(self):
+        for name, value in self.model.graph.initializers.items():
+            lazy[name], value.const_value = value.const_value, stand_in(name, value.const_value)
+        with phases("quantize"):
+            model = to_nbits(self)
+        for name, value in model.graph.initializers.items():
+            if isinstance(value.const_value, ir.ExternalTensor) and str(value.const_value.location).startswith(
+                    STAND_IN):
+                value.const_value = lazy[name]
+        return model
 
     base.Model.load_weights = as_stored
     if quantized:
-        base.Model.save_model = from_disk
+        base.Model.to_nbits = from_stand_ins
+        ir.from_proto = lambda proto: ir.Tensor(read(proto), name=proto.name) if is_stand_in(proto) \
+            else from_proto(proto)
+        onnx.numpy_helper.to_array = lambda proto, base_dir="": read(proto) if is_stand_in(proto) \
+            else to_array(proto, base_dir)
     try:
         yield
     finally:
-        base.Model.load_weights, base.Model.save_model = load_weights, save_model
+        base.Model.load_weights, base.Model.to_nbits = load_weights, to_nbits
+        ir.from_proto, onnx.numpy_helper.to_array = from_proto, to_array
 
 
 @contextlib.contextmanager
