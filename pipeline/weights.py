@@ -12,9 +12,12 @@ FP16 export at 15.4 GB, 2.0x the weights). Here:
 from __future__ import annotations
 
 import json
+import contextlib
+import ctypes
+import os
 import struct
 import sys
-import weakref
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
-MADV_PAGEOUT = 21  # Linux 5.4+; Python 3.11's mmap module does not name it
-_mapped: list[weakref.ref] = []  # every shard read_state_dict mapped, while a tensor still views it
+MADV_PAGEOUT = 21  # Linux 5.4+
 
 
 def checkpoint_dtype(source: Path) -> str:
@@ -52,7 +54,6 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
             header = json.loads(f.read(size))
             header.pop("__metadata__", None)
             mapped = np.memmap(shard, dtype=np.uint8, mode="c", offset=8 + size)  # copy-on-write: never the file
-            _mapped.append(weakref.ref(mapped._mmap))
             for name, meta in header.items():
                 stored = SAFETENSORS_DTYPES.get(meta["dtype"])
                 if stored is None:
@@ -71,13 +72,40 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
     return tensors
 
 
-def page_out() -> None:
-    """Hand the kernel back the resident pages of every mapped shard (MADV_PAGEOUT), for a caller that has read a
-    weight and will not read it again soon. Unwritten pages are the file's and come back from it when touched again;
-    a page written since (copy-on-write) has no swap to go to here and stays: nothing is lost either way."""
-    for ref in _mapped:
-        if (mapping := ref()) is not None and not mapping.closed:
-            mapping.madvise(MADV_PAGEOUT)
+def page_out(root: Path) -> None:
+    """Hand the kernel back this process's resident pages of every file mapped from under `root` (MADV_PAGEOUT), for
+    a caller that has read those weights and will not read them again soon. Peak RSS counts mapped pages, and a
+    library that maps a checkpoint or an IR keeps every page it touched. Unwritten pages are the file's and come back
+    from it when touched again; a copy-on-write page written since has no swap to go to here and stays: nothing is
+    lost either way. Where the kernel does not know the advice (before Linux 5.4), nothing happens."""
+    root = f"{os.path.realpath(root)}{os.sep}"
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].rstrip("\n").startswith(root):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                madvise(start, end - start, MADV_PAGEOUT)
+
+
+@contextlib.contextmanager
+def paging_out(root: Path, every_s: float = 2.0):
+    """page_out(root) every `every_s` seconds while the block runs (a library call that reads a whole mapped model,
+    NNCF's compress_weights, with no point to call it between weights)."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(every_s):
+            page_out(root)
+
+    thread = threading.Thread(target=loop, name="page-out", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def load_causal_lm(source: Path, dtype: torch.dtype | None = None, *, label: str = ""):

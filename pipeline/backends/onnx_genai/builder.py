@@ -194,7 +194,7 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
         # C order, as the proto's raw bytes would give it: the lazy tensor of a transposed torch weight is a strided
         # view, and the quantizer's kernel reads the buffer as if it were not.
         array = np.ascontiguousarray(lazy[proto.name].numpy())
-        page_out()
+        page_out(source)
         reads[0] += 1
         if reads[0] % 25 == 0:
             print(f"builder: {reads[0]} weights quantized", file=sys.stderr, flush=True)

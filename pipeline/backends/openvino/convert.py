@@ -23,7 +23,7 @@ from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
 from pipeline.record import Phases
-from pipeline.weights import checkpoint_dtype, load_causal_lm
+from pipeline.weights import load_causal_lm, paging_out
 
 if TYPE_CHECKING:
     from pipeline.params import SmokeParams
@@ -148,7 +148,8 @@ def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, source: Pat
                   "statistics": cache.final.name, "statistics_reused": cache.reused}
     start = time.perf_counter()
     try:
-        with phases("compress"):
+        # The FP16 IR is mapped, and NNCF reads each weight once for the int4/int8 it writes: those pages go back.
+        with phases("compress"), paging_out(ir_fp16):
             compressed = nncf.compress_weights(model, **_nncf_options(variant, dataset, cache and cache.path))
     except BaseException as e:
         if cache is not None:
@@ -218,12 +219,18 @@ def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
 
 
 def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
-    """What `_optimum_export` does for an FP16 IR, with the checkpoint read by pipeline/weights.py instead of
-    transformers' memory-mapped load (Phi-3-mini: 8.6 GB peak instead of 15.4; the files are byte-identical).
+    """What `_optimum_export` does for an FP16 IR, byte for byte, without holding a converted copy of the model.
 
     main_export's steps for a Phi-3 checkpoint, through optimum-intel's public export_from_model: a 16-bit checkpoint
     is loaded as float16 and traced with the 16-bit patch, any other as stored; the preprocessors and the tokenizer
-    IRs as main_export makes them. Its model-size int8 default is skipped because the OVConfig has a dtype."""
+    IRs as main_export makes them. Its model-size int8 default is skipped because the OVConfig has a dtype.
+
+    Here every checkpoint is read as stored, as copy-on-write views of its mapped shards (pipeline/weights.py), and
+    OpenVINO's constants share that memory. A bf16 checkpoint is traced in bf16: the IR is then main_export's with
+    bf16 where it has f16 (measured on the tiny models: the same XML once those names are swapped), so its bf16
+    weights are rounded to f16 in place in the .bin (_bf16_weights_to_f16) and the XML renamed. A float16 copy
+    (Phi-3-medium: 28 GB, more than this machine's memory) is never made; Phi-3-mini: 8.6 GB peak as a float16 copy,
+    15.4 GB through transformers' load."""
     with phases("import"):
         import torch
         from optimum.exporters.openvino import export_from_model
@@ -231,17 +238,47 @@ def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
         from optimum.exporters.openvino.utils import load_preprocessors
 
     with phases("load"):
-        dtype = torch.float16 if checkpoint_dtype(source) in ("float16", "bfloat16") else None
-        model, info = load_causal_lm(source, dtype, label="ir")
+        model, info = load_causal_lm(source, None, label="ir")
         if info.get("missing_keys") or info.get("mismatched_keys"):
             raise PipelineError(f"{source}: the checkpoint does not fill the model (missing or mismatched weights)")
         preprocessors = load_preprocessors(str(source), model_type=model.config.model_type)
-    with phases(f"trace, convert and save {model.num_parameters() / 1e9:.2f}B parameters"):
+        bf16 = model.dtype == torch.bfloat16
+        if bf16:
+            model.config.dtype = torch.float16  # as main_export's float16 load leaves it in config.json
+    # OpenVINO's constants share the mapped checkpoint's pages; tracing and saving each read them once in turn.
+    with phases(f"trace, convert and save {model.num_parameters() / 1e9:.2f}B parameters"), paging_out(source):
         export_from_model(model=model, output=out, task=TASK, ov_config=ov_config, stateful=True,
                           preprocessors=preprocessors, device="cpu", trust_remote_code=False,
                           patch_16bit_model=model.dtype in (torch.float16, torch.bfloat16))
+    if bf16:
+        with phases("bf16 weights to f16, in place"):
+            _bf16_weights_to_f16(out / MODEL_XML)
     with phases("tokenizer IRs"):
         maybe_convert_tokenizers("transformers", out, model, preprocessors, task=TASK)
+
+
+def _bf16_weights_to_f16(xml: Path) -> None:
+    """Round every bf16 constant of the IR to f16 in its .bin (same size: in place, one constant in memory at a time)
+    and name it f16 in the XML, as a float16 trace would have written it. torch rounds bf16 -> f16 to nearest even,
+    and so does numpy from the exact float32 value."""
+    import numpy as np
+
+    text = xml.read_text()
+    done = set()  # the serializer stores equal constants once: several layers may name the same bytes
+    with open(xml.with_suffix(".bin"), "r+b") as f:
+        for offset, size in re.findall(r'<data element_type="bf16" shape="[^"]*" offset="(\d+)" size="(\d+)"', text):
+            offset, size = int(offset), int(size)
+            if (offset, size) in done:
+                continue
+            done.add((offset, size))
+            f.seek(offset)
+            bits = np.frombuffer(f.read(size), dtype=np.uint16).astype(np.uint32) << 16
+            f.seek(offset)
+            f.write(bits.view(np.float32).astype(np.float16).tobytes())
+    text = text.replace('element_type="bf16"', 'element_type="f16"').replace('precision="BF16"', 'precision="FP16"')
+    if "bf16" in text.lower():
+        raise PipelineError(f"{xml}: bf16 left after rounding the weights to f16 (an IR this export does not know)")
+    xml.write_text(text)
 
 
 def _optimum_export(source: Path, out: Path, ov_config) -> None:
