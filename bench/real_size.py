@@ -15,7 +15,8 @@ time); `--until smoke` stops at the smoke stages (no reference, quality or packa
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
 peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
 where the time went. Peak RSS is the stage process's ru_maxrss (GNU time's "Maximum resident set size"): it counts
-mapped file pages too. Afterwards the multi-GB artifacts and DVC cache are deleted unless --keep.
+mapped file pages too. Unless --keep, each route's multi-GB artifacts (and the DVC cache objects only they used) are
+deleted when the route is done, so the next one has the disk, and the checkpoint and cache at the end.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str
     return model
 
 
-def run(project: Path, model: str, routes: list[str], until: str = "package") -> None:
+def run(project: Path, model: str, routes: list[str], until: str = "package", keep: bool = True) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project),
            "DVC_NO_ANALYTICS": "1"}
@@ -63,10 +64,23 @@ def run(project: Path, model: str, routes: list[str], until: str = "package") ->
         t0 = time.perf_counter()
         with open(project / "logs" / f"{route}.log", "w") as log:
             # aipc repro: writes builds.yaml (dvc.yaml's per-variant stages iterate over it), then dvc repro
-            rc = subprocess.run([str(BIN / "aipc"), "repro", *targets], cwd=project, env=env,
+            rc = subprocess.run([str(BIN / "aipc"), "repro", *targets], check=False, cwd=project, env=env,
                                 stdout=log, stderr=subprocess.STDOUT).returncode
         print(f"{route}: aipc repro of {len(targets)} {until} targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
               flush=True)
+        if not keep:
+            drop_route(project, model, params["variants"][route], ir=route == "openvino")
+
+
+def drop_route(project: Path, model: str, variants, ir: bool) -> None:
+    """Delete a finished route's artifacts and the DVC cache objects no workspace file links any more, so the next
+    route has the disk (Phi-3-medium: 28 GB checkpoint + 28 GB FP16 IR + both INT4 exports would not fit in 74 GB).
+    Its metrics stay, and with them the table."""
+    for name in [f"{model}-{v}" for v in variants] + (["ir-fp16"] if ir else []):
+        shutil.rmtree(project / "artifacts" / model / name.removeprefix(f"{model}-"), ignore_errors=True)
+    for path in (project / ".dvc" / "cache").rglob("*"):
+        if path.is_file() and path.stat().st_nlink == 1:  # the cache type is hardlink: 1 = no workspace copy
+            path.unlink()
 
 
 def _du(path: Path) -> int:
@@ -98,7 +112,10 @@ def table(project: Path, model: str) -> str:
         stage = rec.get("stage") or f"{path.parent.name}/{path.stem}"
         rss = rec["peak_rss_mb"] * 2**20
         out = project / "artifacts" / model / path.parent.name
-        disk = _du(out) if path.stem in ("export", "fetch", "reference") and out.exists() else None
+        disk = None
+        if path.stem in ("export", "fetch", "reference"):  # a route's artifacts may be gone (--keep not given)
+            written = (rec.get(path.stem) or {}).get("files")
+            disk = _du(out) if out.exists() else sum(written.values()) if isinstance(written, dict) else None
         phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or {}
         went = ", ".join(f"{k} {v:.0f} s" for k, v in (phases.items() if isinstance(phases, dict) else phases))
         rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "
@@ -128,7 +145,7 @@ def main() -> None:
     if not args.table:
         project.mkdir(parents=True, exist_ok=True)
         setup(args.config, project, routes, only)
-        run(project, model, routes, args.until)
+        run(project, model, routes, args.until, args.keep)
     print(table(project, model))
     if not args.table and not args.keep:
         for scratch in (project / "artifacts" / model, project / "releases", project / ".dvc" / "cache"):

@@ -11,9 +11,9 @@ FP16 export at 15.4 GB, 2.0x the weights). Here:
 
 from __future__ import annotations
 
-import json
 import contextlib
 import ctypes
+import json
 import os
 import struct
 import sys

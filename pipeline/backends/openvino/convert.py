@@ -226,11 +226,12 @@ def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
     IRs as main_export makes them. Its model-size int8 default is skipped because the OVConfig has a dtype.
 
     Here every checkpoint is read as stored, as copy-on-write views of its mapped shards (pipeline/weights.py), and
-    OpenVINO's constants share that memory. A bf16 checkpoint is traced in bf16: the IR is then main_export's with
-    bf16 where it has f16 (measured on the tiny models: the same XML once those names are swapped), so its bf16
-    weights are rounded to f16 in place in the .bin (_bf16_weights_to_f16) and the XML renamed. A float16 copy
-    (Phi-3-medium: 28 GB, more than this machine's memory) is never made; Phi-3-mini: 8.6 GB peak as a float16 copy,
-    15.4 GB through transformers' load."""
+    OpenVINO's constants share that memory: file pages the kernel can drop, not the process's own (Phi-3-mini peaks
+    at 7.4 GB of mapped checkpoint and 0.8 GB of its own). A bf16 checkpoint is traced in bf16: the IR is then
+    main_export's with bf16 where it has f16 (measured on the tiny models: the same XML once those names are
+    swapped), so its bf16 weights are rounded to f16 in place in the .bin (_bf16_weights_to_f16) and the XML
+    renamed. No float16 copy is made (Phi-3-medium: 28 GB, more than this machine's memory; a Phi-3-mini copy
+    peaked at 8.6 GB, transformers' own load at 15.4 GB)."""
     with phases("import"):
         import torch
         from optimum.exporters.openvino import export_from_model
@@ -245,8 +246,7 @@ def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
         bf16 = model.dtype == torch.bfloat16
         if bf16:
             model.config.dtype = torch.float16  # as main_export's float16 load leaves it in config.json
-    # OpenVINO's constants share the mapped checkpoint's pages; tracing and saving each read them once in turn.
-    with phases(f"trace, convert and save {model.num_parameters() / 1e9:.2f}B parameters"), paging_out(source):
+    with phases(f"trace, convert and save {model.num_parameters() / 1e9:.2f}B parameters"):
         export_from_model(model=model, output=out, task=TASK, ov_config=ov_config, stateful=True,
                           preprocessors=preprocessors, device="cpu", trust_remote_code=False,
                           patch_16bit_model=model.dtype in (torch.float16, torch.bfloat16))
@@ -259,9 +259,9 @@ def _export_fp16(source: Path, out: Path, ov_config, phases: Phases) -> None:
 
 def _bf16_weights_to_f16(xml: Path) -> None:
     """Round every bf16 constant of the IR to f16 in its .bin (same size: in place, one constant in memory at a time)
-    and name it f16 in the XML, as a float16 trace would have written it. torch rounds bf16 -> f16 to nearest even,
-    and so does numpy from the exact float32 value."""
-    import numpy as np
+    and name it f16 in the XML, as a float16 trace would have written it: rounded by torch, as main_export's float16
+    load rounds them."""
+    import torch
 
     text = xml.read_text()
     done = set()  # the serializer stores equal constants once: several layers may name the same bytes
@@ -272,9 +272,9 @@ def _bf16_weights_to_f16(xml: Path) -> None:
                 continue
             done.add((offset, size))
             f.seek(offset)
-            bits = np.frombuffer(f.read(size), dtype=np.uint16).astype(np.uint32) << 16
+            weights = torch.frombuffer(bytearray(f.read(size)), dtype=torch.bfloat16)
             f.seek(offset)
-            f.write(bits.view(np.float32).astype(np.float16).tobytes())
+            f.write(weights.to(torch.float16).numpy().tobytes())
     text = text.replace('element_type="bf16"', 'element_type="f16"').replace('precision="BF16"', 'precision="FP16"')
     if "bf16" in text.lower():
         raise PipelineError(f"{xml}: bf16 left after rounding the weights to f16 (an IR this export does not know)")
