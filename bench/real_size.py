@@ -2,7 +2,7 @@
 `dvc repro`, one stage at a time, and the table README's "At real size" shows.
 
     python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--variants ov-int4,...]
-                                     [--until package|smoke] [--keep]
+                                     [--until package|smoke|smoke-package] [--keep]
     python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
 
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
@@ -10,7 +10,9 @@ phi-3.5-mini-instruct, phi-3-medium-4k-instruct). DIR (default /tmp/aipc-real-si
 checkout with params.yaml naming only that model and the chosen routes' variants; stages run with this checkout's
 venv and the clone's code, through `aipc repro` (builds.yaml, then `dvc repro --keep-going`). Each route's package
 stages are the targets, so fetch, ir, reference, export, smoke and quality run on the way (DVC runs one stage at a
-time); `--until smoke` stops at the smoke stages (no reference, quality or package). Logs: DIR/logs/<route>.log.
+time); `--until smoke` stops at the smoke stages (no reference, quality or package); `--until smoke-package` then runs
+`aipc package` of each variant by hand (a synthetic model is packaged ungated; DVC's package stage would wait on the
+reference and quality, which Phi-3-medium's size puts out of reach here). Logs: DIR/logs/<route>.log.
 
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
 peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
@@ -60,7 +62,7 @@ def run(project: Path, model: str, routes: list[str], until: str = "package", ke
            "DVC_NO_ANALYTICS": "1"}
     (project / "logs").mkdir(exist_ok=True)
     for route in routes:
-        targets = [f"{route}-{until}@{model}-{v}" for v in params["variants"][route]]
+        targets = [f"{route}-{until.removesuffix('-package')}@{model}-{v}" for v in params["variants"][route]]
         t0 = time.perf_counter()
         with open(project / "logs" / f"{route}.log", "w") as log:
             # aipc repro: writes builds.yaml (dvc.yaml's per-variant stages iterate over it), then dvc repro
@@ -68,16 +70,37 @@ def run(project: Path, model: str, routes: list[str], until: str = "package", ke
                                 stdout=log, stderr=subprocess.STDOUT).returncode
         print(f"{route}: aipc repro of {len(targets)} {until} targets, rc {rc}, {time.perf_counter() - t0:.0f} s",
               flush=True)
+        if until == "smoke-package" and rc == 0:
+            for variant in params["variants"][route]:
+                package_by_hand(project, env, model, variant)
         if not keep:
             drop_route(project, model, params["variants"][route], ir=route == "openvino")
+
+
+def package_by_hand(project: Path, env: dict, model: str, variant: str) -> None:
+    """`aipc package` of a smoked variant outside DVC (whose package stage waits on the reference and quality), timed by
+    GNU time, its row written where the table reads the stages' metrics."""
+    t0 = time.perf_counter()
+    with open(project / "logs" / f"package-{variant}.log", "w") as log:
+        done = subprocess.run(["/usr/bin/time", "-v", str(BIN / "aipc"), "package", model, variant], check=False,
+                              cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    text = (project / "logs" / f"package-{variant}.log").read_text()
+    print(f"aipc package {model} {variant}: rc {done.returncode}, {wall:.0f} s", flush=True)
+    if done.returncode == 0:
+        rss_kb = int(text.split("Maximum resident set size (kbytes):")[1].split()[0])
+        record = {"stage": f"aipc package {model} {variant} (by hand)", "wall_s": round(wall, 2),
+                  "peak_rss_mb": round(rss_kb / 1024, 1)}
+        (project / "metrics" / model / variant / "package.json").write_text(json.dumps(record, indent=2))
 
 
 def drop_route(project: Path, model: str, variants, ir: bool) -> None:
     """Delete a finished route's artifacts and the DVC cache objects no workspace file links any more, so the next
     route has the disk (Phi-3-medium: 28 GB checkpoint + 28 GB FP16 IR + both INT4 exports would not fit in 74 GB).
     Its metrics stay, and with them the table."""
-    for name in [f"{model}-{v}" for v in variants] + (["ir-fp16"] if ir else []):
-        shutil.rmtree(project / "artifacts" / model / name.removeprefix(f"{model}-"), ignore_errors=True)
+    for name in list(variants) + (["ir-fp16"] if ir else []):
+        for tree in ("artifacts", "releases"):  # a release hard-links its artifact's files
+            shutil.rmtree(project / tree / model / name, ignore_errors=True)
     for path in (project / ".dvc" / "cache").rglob("*"):
         if path.is_file() and path.stat().st_nlink == 1:  # the cache type is hardlink: 1 = no workspace copy
             path.unlink()
@@ -129,7 +152,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path)
     ap.add_argument("--routes", default="openvino,onnx_genai", help=f"comma-separated, of {', '.join(ROUTES)}")
     ap.add_argument("--variants", default="", help="comma-separated: only these of the routes' variants")
-    ap.add_argument("--until", choices=("package", "smoke"), default="package", help="the last stage to run")
+    ap.add_argument("--until", choices=("package", "smoke", "smoke-package"), default="package",
+                    help="the last stage to run; smoke-package: smoke, then `aipc package` by hand (no reference, "
+                         "no quality)")
     ap.add_argument("--table", action="store_true", help="only print the table of a finished run in --dir")
     ap.add_argument("--keep", action="store_true", help="keep the artifacts and DVC cache (many GB)")
     args = ap.parse_args()
