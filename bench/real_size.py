@@ -2,7 +2,7 @@
 `dvc repro`, one stage at a time, and the table README's "At real size" shows.
 
     python bench/real_size.py CONFIG [--dir DIR] [--routes openvino,onnx_genai] [--variants ov-int4,...]
-                                     [--until package|smoke|smoke-package] [--keep]
+                                     [--until package|smoke|smoke-package|export] [--keep]
     python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
 
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
@@ -12,7 +12,8 @@ venv and the clone's code, through `aipc repro` (builds.yaml, then `dvc repro --
 stages are the targets, so fetch, ir, reference, export, smoke and quality run on the way (DVC runs one stage at a
 time); `--until smoke` stops at the smoke stages (no reference, quality or package); `--until smoke-package` then runs
 `aipc package` of each variant by hand (a synthetic model is packaged ungated; DVC's package stage would wait on the
-reference and quality, which Phi-3-medium's size puts out of reach here). Logs: DIR/logs/<route>.log.
+reference and quality, which Phi-3-medium's size puts out of reach here); `--until export` runs only the exports.
+Logs: DIR/logs/<route>.log.
 
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
 peak RSS, the checkpoint's BF16 bytes (= its FP16 bytes), their ratio, bytes on disk of what the stage wrote, and
@@ -152,7 +153,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path)
     ap.add_argument("--routes", default="openvino,onnx_genai", help=f"comma-separated, of {', '.join(ROUTES)}")
     ap.add_argument("--variants", default="", help="comma-separated: only these of the routes' variants")
-    ap.add_argument("--until", choices=("package", "smoke", "smoke-package"), default="package",
+    ap.add_argument("--until", choices=("package", "smoke", "smoke-package", "export"), default="package",
                     help="the last stage to run; smoke-package: smoke, then `aipc package` by hand (no reference, "
                          "no quality)")
     ap.add_argument("--table", action="store_true", help="only print the table of a finished run in --dir")
