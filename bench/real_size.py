@@ -60,7 +60,7 @@ def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str
 def run(project: Path, model: str, routes: list[str], until: str = "package", keep: bool = True) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project),
-           "DVC_NO_ANALYTICS": "1"}
+           "DVC_NO_ANALYTICS": "1", "AIPC_NPU_VENV": os.environ.get("AIPC_NPU_VENV", str(ROOT / ".venv-npu"))}
     (project / "logs").mkdir(exist_ok=True)
     for route in routes:
         targets = [f"{route}-{until.removesuffix('-package')}@{model}-{v}" for v in params["variants"][route]]
