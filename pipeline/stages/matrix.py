@@ -49,14 +49,15 @@ SETUP_GB = 4.2
 
 # stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes. Measured at full
 # Phi-3-mini-4k size (7.64 GB), one stage at a time (shared DESIGN.md, "Facts: full size"): fetch, ir, the exports
-# of ov-int4 and ort-cpu-int4, smoke, reference, quality; ir's and the builder's peaks as re-measured after they
-# stopped memory-mapping the checkpoint (8.6 and 9.9 GB, commits 27684b6 and d47cac6); the reference's derived: its
-# 21.3 GB less the 7.7 GB float32 copy of the weights that 27684b6 removed. GUESSES (no full-size run yet): the
-# npu_library export, runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
+# of ov-int4 and ort-cpu-int4, smoke, reference, quality; the reference's derived: its 21.3 GB less the 7.7 GB float32
+# copy of the weights that 27684b6 removed. Export peaks re-measured on 2026-11-28 (README, "At real size"), the
+# largest of each backend's variants: ir 1.21, ov-int4 0.48, ort-dml-fp16 1.13, npu-lib-int4 2.07. GUESSES (no
+# full-size run yet): the npu_library export's time, runner, package, report. Output bytes scale with the variant's
+# precision family (PRECISION).
 ESTIMATE = {
-    "fetch": (0.01, 4.2, 1.0), "ir": (1.13, 9.2, 1.0), "reference": (1.78, 36.9, 0.01),
-    "openvino-export": (1.43, 11.3, None), "onnx_genai-export": (1.30, 13.1, None),
-    "npu_library-export": (2.0, 13.0, None),
+    "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.78, 36.9, 0.01),
+    "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
+    "npu_library-export": (2.07, 13.0, None),
     "openvino-smoke": (0.79, 3.7, 0.0), "onnx_genai-smoke": (0.5, 3.0, 0.0), "npu_library-smoke": (0.8, 5.0, 0.0),
     "openvino-quality": (2.03, 24.5, 0.0), "onnx_genai-quality": (2.03, 24.5, 0.0),
     "npu_library-quality": (2.03, 24.5, 0.0),
