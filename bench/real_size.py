@@ -45,6 +45,9 @@ ROUTES = ("openvino", "onnx_genai", "npu_library")
 def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str:
     if not (project / ".git").is_dir():
         subprocess.run(["git", "clone", "--quiet", str(ROOT), str(project)], check=True)
+    else:  # a clone from an earlier run: this checkout's code, not the code it was cloned at
+        subprocess.run(["git", "-C", str(project), "fetch", "--quiet", str(ROOT), "HEAD"], check=True)
+        subprocess.run(["git", "-C", str(project), "reset", "--quiet", "--hard", "FETCH_HEAD"], check=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     model = SHORT[config]
     params["models"] = {model: {"source": "synthetic", "id": config, "revision": "seed:0"}}
@@ -103,7 +106,9 @@ def drop_route(project: Path, model: str, variants, ir: bool) -> None:
         for tree in ("artifacts", "releases"):  # a release hard-links its artifact's files
             shutil.rmtree(project / tree / model / name, ignore_errors=True)
     for path in (project / ".dvc" / "cache").rglob("*"):
-        if path.is_file() and path.stat().st_nlink == 1:  # the cache type is hardlink: 1 = no workspace copy
+        # The cache type is hardlink: 1 link = no workspace copy. A directory's listing (.dir) never has one, and
+        # DVC reruns a stage whose output's listing is missing from the cache.
+        if path.is_file() and path.stat().st_nlink == 1 and path.suffix != ".dir":
             path.unlink()
 
 
