@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import struct
@@ -72,6 +73,13 @@ def read_state_dict(source: Path, dtype: torch.dtype | None = None, *, label: st
     return tensors
 
 
+@functools.cache
+def _madvise():
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return madvise
+
+
 def page_out(root: Path) -> None:
     """Hand the kernel back this process's resident pages of every file mapped from under `root` (MADV_PAGEOUT), for
     a caller that has read those weights and will not read them again soon. Peak RSS counts mapped pages, and a
@@ -79,8 +87,7 @@ def page_out(root: Path) -> None:
     from it when touched again; a copy-on-write page written since has no swap to go to here and stays: nothing is
     lost either way. Where the kernel does not know the advice (before Linux 5.4), nothing happens."""
     root = f"{os.path.realpath(root)}{os.sep}"
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise = _madvise()
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
