@@ -94,8 +94,10 @@ def _roots(name: str, stage: dict) -> list[str]:
     backend = "openvino" if name == "ir" else name.split("-")[0]  # ir: openvino's export_ir
     if backend in BACKENDS:
         roots.append(f"pipeline.backends.{backend}")
-        # the package's interface functions, loaded on first use (backends/common.provided)
-        roots += [f"pipeline.backends.{backend}.{p.stem}" for p in (ROOT / "pipeline/backends" / backend).glob("*.py")]
+        # the package's interface functions, loaded on first use (backends/common.provided), and the scripts it runs
+        # in an environment of its own (npu_library/env/worker.py)
+        roots += [".".join(p.relative_to(ROOT).with_suffix("").parts)
+                  for p in (ROOT / "pipeline/backends" / backend).rglob("*.py") if p.stem != "__init__"]
     if name == "fetch":  # pipeline/sources/__init__.py picks the module of the model's `source:` at run time
         roots += [f"pipeline.sources.{p.stem}" for p in (ROOT / "pipeline/sources").glob("*.py")]
     if name == "check":  # params.py itself, and each backend's Variant that it validates with

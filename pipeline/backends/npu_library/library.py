@@ -72,7 +72,8 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
         cmd = [str(python()), "-X", "faulthandler", str(WORKER), *args,
                str(tmp / "request.json"), str(tmp / "result.json")]
         # cwd: the library writes an OpenVINO kernel cache to ./cache and neural-compressor its ./nc_workspace.
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # for pipeline.weights
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env={**os.environ, "PYTHONPATH": path})
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln]
             raise PipelineError(f"intel-npu-acceleration-library worker `{args[0]}` failed (exit "

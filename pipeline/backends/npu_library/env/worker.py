@@ -1,5 +1,7 @@
 """Runs inside the intel-npu-acceleration-library environment (create.py), one command per process: the library
-aborts on a second compile in a process that already generated (DESIGN.md). Imports nothing from `pipeline`.
+aborts on a second compile in a process that already generated (DESIGN.md). From `pipeline` it imports only
+`pipeline.weights` (the standard library and torch, which this environment has; library.py puts the project on
+its path).
 
     worker.py export SOURCE OUT int4|int8 REQUEST.json RESULT.json
     worker.py run ARTIFACT REQUEST.json RESULT.json
@@ -44,10 +46,8 @@ def _device() -> dict:
 
 
 def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
-    import intel_npu_acceleration_library as npu_lib
     import torch
     from intel_npu_acceleration_library import int4, int8
-    from intel_npu_acceleration_library.compiler import CompilerConfig
     from intel_npu_acceleration_library.nn.linear import QuantizedLinear
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -55,15 +55,16 @@ def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
     start = time.perf_counter()
     # What NPUModelForCausalLM.from_pretrained(src, use_cache=True, config=CompilerConfig(dtype=...), export=False)
     # does (its export=True cache is a pickle of the whole module under a path derived from the absolute source
-    # path, which current torch refuses to load; the safetensors below replace it), with one step added: tied
-    # embeddings are untied first. Quantizing a tied lm_head corrupts the model (measured: int8 logit cosine 0.96
+    # path, which current torch refuses to load; the safetensors below replace it), with two steps changed. Tied
+    # embeddings are untied first: quantizing a tied lm_head corrupts the model (measured: int8 logit cosine 0.96
     # on a tied tiny Phi-3 against 0.9998 untied, and SmolLM2 answered only newlines); untied, the float embedding
-    # table and the quantized lm_head are separate tensors and the maths is unchanged.
+    # table and the quantized lm_head are separate tensors and the maths is unchanged. And compile() runs a decoder
+    # layer at a time (_compile).
     model = AutoModelForCausalLM.from_pretrained(str(source), use_cache=True)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
         model.config.tie_word_embeddings = False
-    model = npu_lib.compile(model, CompilerConfig(dtype={"int4": int4, "int8": int8}[dtype]))
+    model = _compile(model, {"int4": int4, "int8": int8}[dtype], source)
     compile_s = time.perf_counter() - start
     tensors, quantized = {}, {}
     for name, module in model.named_modules():
@@ -107,6 +108,37 @@ def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
                    "library_version": lib.__version__, **_device()}
 
 
+def _compile(model, dtype, source: Path):
+    """npu_lib.compile(model, CompilerConfig(dtype=dtype)), a decoder layer at a time.
+
+    compile() hands the whole model to neural-compressor, whose RTN writes a fake-quantized copy of every weight
+    while the checkpoint's pages it read stay mapped: 2.07x the checkpoint's bytes on Phi-3-mini (15.8 GB). Its RTN
+    is per output channel of one weight at a time, so quantizing each decoder layer on its own (then the rest: the
+    lm_head), and handing that layer's checkpoint pages back after it, gives the same tensors byte for byte (tested
+    against compile()) with one layer in flight."""
+    import torch
+    from intel_npu_acceleration_library.compiler import (
+        apply_general_optimizations,
+        create_npu_kernels,
+        weights_quantization,
+    )
+    from intel_npu_acceleration_library.quantization import quantize_model
+
+    from pipeline.weights import page_out
+
+    with torch.no_grad():
+        apply_general_optimizations(model)
+        layers = model.get_decoder().layers
+        for i, layer in enumerate(layers):
+            layers[i] = quantize_model(layer, dtype)
+            page_out(source)
+            print(f"npu-lib: decoder layer {i + 1}/{len(layers)} quantized", file=sys.stderr, flush=True)
+        model = quantize_model(model, dtype)  # what is left: the lm_head
+        weights_quantization(model)
+        create_npu_kernels(model)
+    return model.eval()
+
+
 def load(artifact: Path):
     """Rebuild the library's model from the portable files, without quantizing anything."""
     import torch
@@ -117,14 +149,18 @@ def load(artifact: Path):
     from intel_npu_acceleration_library.nn.linear import QuantizedLinear
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     manifest = json.loads((artifact / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise RuntimeError(f"{artifact / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     tensors = load_file(str(artifact / manifest["weights"]))
     config = AutoConfig.from_pretrained(artifact)
-    with torch.no_grad():
+    # Every weight is overwritten below (a QuantizedLinear, or load_state_dict(strict=True)): without the random
+    # init, the float model from_config makes is never written, so never resident (and Phi-3-mini's is 7.6 GB).
+    with torch.no_grad(), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, manifest["torch_dtype"]))
+    with torch.no_grad():
         # What compile() does before quantizing (fusions, attention rewrites), so module names line up.
         apply_general_optimizations(model)
         for name, spec in manifest["quantized_modules"].items():
