@@ -57,7 +57,7 @@ SETUP_GB = 4.2
 ESTIMATE = {
     "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.78, 36.9, 0.01),
     "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
-    "npu_library-export": (2.07, 13.0, None),
+    "npu_library-export": (0.70, 15.8, None),
     "openvino-smoke": (0.79, 3.7, 0.0), "onnx_genai-smoke": (0.5, 3.0, 0.0), "npu_library-smoke": (0.8, 5.0, 0.0),
     "openvino-quality": (2.03, 24.5, 0.0), "onnx_genai-quality": (2.03, 24.5, 0.0),
     "npu_library-quality": (2.03, 24.5, 0.0),
