@@ -147,6 +147,8 @@ def table(project: Path, model: str) -> str:
             disk = _du(out) if out.exists() else sum(written.values()) if isinstance(written, dict) else None
         phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or {}
         went = ", ".join(f"{k} {v:.0f} s" for k, v in (phases.items() if isinstance(phases, dict) else phases))
+        if rec.get("streamed"):  # a reference whose weights did not fit in memory
+            went += f"; {rec['streamed']}"
         rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "
                     f"{rss / weights:.2f} | {f'{disk / 1e9:.2f} GB' if disk is not None else ''} | {went} |")
     return "\n".join(rows)

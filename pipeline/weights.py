@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import functools
 import json
+import mmap
 import os
 import struct
 import sys
@@ -94,6 +95,16 @@ def page_out(root: Path) -> None:
             if len(fields) == 6 and fields[5].rstrip("\n").startswith(root):
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 madvise(start, end - start, MADV_PAGEOUT)
+
+
+def page_out_tensors(tensors) -> None:
+    """page_out for the pages under these tensors (views of a mapped shard), for a caller that streams a model
+    larger than memory a layer at a time. Pages at either end shared with a neighbouring tensor go too: they come
+    back from the file when touched. A tensor in the process's own memory is left as it is (no swap here)."""
+    madvise = _madvise()
+    for t in tensors:
+        start = t.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+        madvise(start, t.data_ptr() + t.numel() * t.element_size() - start, MADV_PAGEOUT)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,12 @@ from tests.conftest import ROOT
 def test_page_out_drops_mapped_pages_and_keeps_every_value(tmp_path):
     """In a process of its own (RSS is per process): a 256 MB shard read as stored, every page touched, then
     page_out; the resident file pages go (the kernel may keep a few), the values read again are the same, and a
-    mapping under another directory is left alone."""
+    mapping under another directory is left alone. page_out_tensors hands back the pages under the tensors given."""
     code = f"""
 import numpy as np, torch
 from pathlib import Path
 from safetensors.torch import save_file
-from pipeline.weights import page_out, read_state_dict
+from pipeline.weights import page_out, page_out_tensors, read_state_dict
 
 def resident_mb(root):  # this process's resident pages of files mapped from under root
     kb, inside = 0, False
@@ -39,9 +39,13 @@ touched = resident_mb(src), resident_mb(other)
 page_out(src)
 after = resident_mb(src), resident_mb(other)
 assert float(w.float().sum()) + float(kept.sum()) == before
-print(*touched, *after)
+page_out_tensors([w[:4096]])  # the first half of the tensor's rows: half its pages
+half = resident_mb(src), resident_mb(other)
+assert float(w.float().sum()) + float(kept.sum()) == before
+print(*touched, *after, *half)
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True)
-    src_touched, other_touched, src_after, other_after = map(int, out.stdout.split())
-    assert src_touched >= 255 and other_touched == other_after == 64, out.stdout
+    src_touched, other_touched, src_after, other_after, src_half, other_half = map(int, out.stdout.split())
+    assert src_touched >= 255 and other_touched == other_after == other_half == 64, out.stdout
     assert src_after <= 16, out.stdout
+    assert 120 <= src_half <= 136 + 16, out.stdout  # page_out_tensors: only the pages under the rows it was given

@@ -32,10 +32,13 @@ from pipeline import fsutil
 from pipeline.backends.common import chat_text, source_ids, source_tokenizer, until_eos
 from pipeline.errors import PipelineError
 from pipeline.record import Phases, measured
-from pipeline.weights import checkpoint_dtype, load_causal_lm
+from pipeline.weights import checkpoint_dtype, load_causal_lm, page_out_tensors
 
 REFERENCE_JSON = "reference.json"
 LOGITS_NPZ = "logits.npz"
+# Beside its 16-bit weights and their float32 copies the reference holds the long sequence's activations and logits
+# and torch itself: Phi-3.5-mini peaked at 12.4 GB with 7.6 GB of weights and 1.2 GB of copies.
+OWN_MEMORY = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -90,15 +93,19 @@ def check_loading(info: dict, source: Path) -> None:
 
 def run(
     source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int,
-    phases: Phases | None = None,
+    phases: Phases | None = None, memory: int | None = None,
 ) -> dict:
-    """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically."""
+    """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically.
+
+    Returns reference.json's record, plus `streamed` where a 16-bit checkpoint's weights did not fit in `memory`
+    (bytes; None: what the machine has available once it is loaded): how they were read instead. That depends on the
+    machine, so it is the stage's metrics', not the artifact's."""
     import torch
 
     source = Path(source)
     phases = phases or Phases("reference")
     with phases("load"):
-        model, info, weights = _load(source)
+        model, info, weights, streamed = _load(source, memory)
     check_loading(info, source)
     model.eval()
     eos = eos_ids(source)
@@ -154,31 +161,54 @@ def run(
         np.savez_compressed(tmp / LOGITS_NPZ, **arrays)
         fsutil.write_json(tmp / REFERENCE_JSON, ref)
         fsutil.write_manifest(tmp)
-    return ref
+    return {**ref, "streamed": streamed} if streamed else ref
 
 
-def _load(source: Path):
-    """(model, loading info, how its weights are held: None for a float32 copy)."""
+def _load(source: Path, memory: int | None):
+    """(model, loading info, how its weights are held: None for a float32 copy, how those that did not fit in
+    memory were read: None if all did)."""
     import torch
 
     stored = checkpoint_dtype(source)
     if stored not in ("bfloat16", "float16"):
-        return *load_causal_lm(source, torch.float32, label="reference"), None
+        return *load_causal_lm(source, torch.float32, label="reference"), None, None
     # Every 16-bit value is exact in float32, so float32 arithmetic on weights upcast when a layer runs gives what a
     # float32 copy of the model would, at half its memory (Phi-3-mini: 7.6 GB instead of 15.3).
     model, info = load_causal_lm(source, None, label="reference")
-    _upcast_when_used(model)
-    return model, info, f"{stored} in memory, upcast to float32 per layer when it runs"
+    streamed = _upcast_when_used(model, memory)
+    if streamed:
+        print(f"[reference] {streamed}", file=sys.stderr)
+    return model, info, f"{stored} as stored, upcast to float32 per layer when it runs", streamed
 
 
-def _upcast_when_used(model) -> None:
-    """Hold each module's parameters as stored and give its forward float32 copies while it runs.
+def _available() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def _upcast_when_used(model, memory: int | None) -> str | None:
+    """Hold each module's parameters as stored and give its forward float32 copies while it runs; if they do not all
+    fit in `memory` (bytes; None: what the machine has available, less what the run needs besides), keep the first
+    modules' in memory and hand each later module's pages back once it has run. Returns what streamed, or None.
 
     The copies go into float32 buffers kept by shape and reused (one per shape in use at once: a few layers' worth).
     A fresh float32 tensor per layer per token had the kernel hand out and zero a model's worth of new pages for
-    every generated token: 3.3x the time of copying into a buffer already there (one Phi-3-mini MLP weight)."""
+    every generated token: 3.3x the time of copying into a buffer already there (one Phi-3-mini MLP weight).
+    Weights that do not fit (Phi-3-medium's 28 GB here) are read from the checkpoint every pass either way; left to
+    the kernel, each pass evicts the pages the next one needs first, and every page is read again. Handing back the
+    later modules' pages keeps the first ones resident, so a pass reads only what does not fit."""
     import torch
 
+    modules = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    held = [sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in modules]
+    if memory is None:
+        copies = {tuple(p.shape): p.numel() * 4 for p in model.parameters()}
+        memory = _available() - OWN_MEMORY - sum(copies.values())
+    streamed, total = set(), 0
+    for module, size in zip(modules, held):
+        total += size
+        if total > memory:
+            streamed.add(module)
     spare: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     def up(module, _args):
@@ -191,12 +221,19 @@ def _upcast_when_used(model) -> None:
         for p, data in module._aipc_stored:
             spare.setdefault(tuple(data.shape), []).append(p.data)
             p.data = data
+        if module in streamed:
+            page_out_tensors(data for _p, data in module._aipc_stored)
         del module._aipc_stored
 
     for module in model.modules():
         if next(module.parameters(recurse=False), None) is not None:
             module.register_forward_pre_hook(up)
             module.register_forward_hook(down)
+    if not streamed:
+        return None
+    out = sum(size for module, size in zip(modules, held) if module in streamed)
+    return (f"{len(streamed)} of {len(modules)} modules' weights ({out / 1e9:.1f} GB) read from the checkpoint again "
+            f"on every pass: {total / 1e9:.1f} GB of weights, {max(memory, 0) / 1e9:.1f} GB of memory for them")
 
 
 def load(reference_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -230,7 +267,8 @@ def stage(params, layout, model: str) -> dict:
                   phases=phases)
         rec["phases"] = phases.seconds
         rec["sequences"] = [{k: s[k] for k in ("name", "len") if k in s} for s in ref["sequences"]]
-        if "weights" in ref:
-            rec["weights"] = ref["weights"]
+        for key in ("weights", "streamed"):
+            if key in ref:
+                rec[key] = ref[key]
     fsutil.write_json(layout.metrics(model, "reference", "reference"), rec)
     return rec
