@@ -39,10 +39,7 @@ def fresh_upcast(model) -> None:
             p.data = data
         del module._aipc_stored
 
-    for module in model.modules():
-        if next(module.parameters(recurse=False), None) is not None:
-            module.register_forward_pre_hook(up)
-            module.register_forward_hook(down)
+    reference.hook_own_parameters(model, up, down)
 
 
 def scratch_checkpoint(out: Path) -> Path:

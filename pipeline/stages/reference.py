@@ -186,7 +186,17 @@ def _available() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
 
 
-def _upcast_when_used(model, memory: int | None) -> str | None:
+def hook_own_parameters(model, up, down) -> list:
+    """Run `up` before and `down` after the forward of each module holding parameters of its own (a projection, a
+    norm, the embedding); returns those modules in the model's order."""
+    modules = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    for module in modules:
+        module.register_forward_pre_hook(up)
+        module.register_forward_hook(down)
+    return modules
+
+
+def _upcast_when_used(model, memory: int | None = None) -> str | None:
     """Hold each module's parameters as stored and give its forward float32 copies while it runs; if they do not all
     fit in `memory` (bytes; None: what the machine has available, less what the run needs besides), keep the first
     modules' in memory and hand each later module's pages back once it has run. Returns what streamed, or None.
@@ -199,17 +209,8 @@ def _upcast_when_used(model, memory: int | None) -> str | None:
     later modules' pages keeps the first ones resident, so a pass reads only what does not fit."""
     import torch
 
-    modules = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
-    held = [sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in modules]
-    if memory is None:
-        copies = {tuple(p.shape): p.numel() * 4 for p in model.parameters()}
-        memory = _available() - OWN_MEMORY - sum(copies.values())
-    streamed, total = set(), 0
-    for module, size in zip(modules, held):
-        total += size
-        if total > memory:
-            streamed.add(module)
     spare: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    streamed = set()
 
     def up(module, _args):
         module._aipc_stored = [(p, p.data) for p in module.parameters(recurse=False)]
@@ -225,10 +226,16 @@ def _upcast_when_used(model, memory: int | None) -> str | None:
             page_out_tensors(data for _p, data in module._aipc_stored)
         del module._aipc_stored
 
-    for module in model.modules():
-        if next(module.parameters(recurse=False), None) is not None:
-            module.register_forward_pre_hook(up)
-            module.register_forward_hook(down)
+    modules = hook_own_parameters(model, up, down)
+    held = [sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in modules]
+    if memory is None:
+        copies = {tuple(p.shape): p.numel() * 4 for p in model.parameters()}
+        memory = _available() - OWN_MEMORY - sum(copies.values())
+    total = 0
+    for module, size in zip(modules, held):
+        total += size
+        if total > memory:
+            streamed.add(module)
     if not streamed:
         return None
     out = sum(size for module, size in zip(modules, held) if module in streamed)
