@@ -201,7 +201,7 @@ class Params(Strict):
 def configured(params: Params) -> list[tuple[str, str, str]]:
     """Every (model, backend, variant) that params.yaml asks to build, in the file's order: what the CI job matrix
     (pipeline/stages/matrix.py) and the report are planned from."""
-    return [(model, variant.backend, name) for model in params.models for name, variant in params.variants.items()]
+    return [(model, params.variants[name].backend, name) for model, name in params.builds()]
 
 
 def require(params: Params, model: str | None = None, variants: list[str] | tuple[str, ...] = ()) -> None:

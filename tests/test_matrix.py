@@ -58,9 +58,10 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     assert "reference@smollm2" in plan["assemble"][0]["restore"].split()
 
 
-def _synthetic(tmp_path, config: str, dml: bool = True) -> Path:
+def _synthetic(tmp_path, config: str, dml: bool = True, variants: list[str] | None = None) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"] = {"phi3": {"source": "synthetic", "id": config, "revision": "seed:0"}}
+    params["models"] = {"phi3": {"source": "synthetic", "id": config, "revision": "seed:0",
+                                 **({"variants": variants} if variants else {})}}
     if not dml:
         params["native"] = {k: v for k, v in params["native"].items() if v["execution_provider"] != "dml"}
     return project.make(tmp_path, params)
@@ -105,11 +106,32 @@ def test_a_job_no_runner_holds_is_refused_by_name_and_a_bigger_runner_takes_it(t
 
 
 def test_a_stage_that_needs_more_memory_than_any_runner_is_refused_by_name(tmp_path):
-    proj = _synthetic(tmp_path, "phi-3-medium-4k-instruct")  # 14B parameters: 28 GB in FP16
+    # Phi-3-medium, 28 GB in FP16: an FP16 variant's quality stage compiles float32 weights on the CPU
+    proj = _synthetic(tmp_path / "every", "phi-3-medium-4k-instruct")
     refused = _plan(proj, "--runner", "linux-8core=32,300")
-    assert re.fullmatch(r"aipc: error: matrix: reference@phi3 needs (\d+\.\d) GB of RAM \(estimated\) but the largest "
-                        r"runner, linux-8core, holds 32 GB; add a bigger one with --runner NAME=RAM_GB,DISK_GB",
-                        refused.stderr.strip().splitlines()[-1]), refused.stderr
+    assert re.fullmatch(r"aipc: error: matrix: openvino-quality@phi3-ov-fp16 needs 76\.5 GB of RAM \(estimated\) but "
+                        r"the largest runner, linux-8core, holds 32 GB; add a bigger one with --runner "
+                        r"NAME=RAM_GB,DISK_GB", refused.stderr.strip().splitlines()[-1]), refused.stderr
+
+
+def test_the_reference_and_the_ir_run_below_their_peak_where_memory_is_short(tmp_path):
+    # Phi-3-medium's INT4 variants, as they ran on this project's 24 GiB machine: the reference keeps what fits of its
+    # weights and streams the rest (72 s per GB it cannot keep), the IR lets checkpoint pages go
+    proj = _synthetic(tmp_path, "phi-3-medium-4k-instruct", variants=["ov-int4", "ort-cpu-int4"])
+    plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300").stdout)
+    [upstream] = [j for j in plan["upstream"] if j["job"] == "upstream@phi3"]
+    assert upstream["runs-on"] == "linux-8core" and upstream["below_peak"] == ["ir@phi3", "reference@phi3"]
+    assert upstream["peak_rss_gb"] == 30.0  # what the runner has, less 2 GB for the system
+    weights = 27.92  # GB
+    kept = 32 - 2.0 - 4.3 - 0.11 * weights
+    fits = 4.2 * weights + 9.2 * weights + 105.8 * weights
+    assert upstream["wall_s"] == pytest.approx(fits + 72.0 * (weights - kept), abs=2)
+    assert all(j["runs-on"] == "linux-8core" and "below_peak" not in j for j in plan["build"])
+    # below the reference's own floor (the system, 4.3 GB, its float32 copies) it is refused, naming both figures
+    refused = _plan(proj, "--runner", "ubuntu-latest=9,300").stderr.strip().splitlines()[-1]
+    assert refused == ("aipc: error: matrix: reference@phi3 needs 45.5 GB of RAM (estimated, or 9.4 GB reading its "
+                       "weights from disk on every pass) but the largest runner, ubuntu-latest, holds 9 GB; add a "
+                       "bigger one with --runner NAME=RAM_GB,DISK_GB")
 
 
 def test_scale_on_paper(tmp_path):
