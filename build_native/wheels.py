@@ -4,6 +4,7 @@ the pair installs together."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import time
 from pathlib import Path
@@ -60,5 +61,6 @@ def fetch(native: NativeParams, out: Path) -> dict:
         "target": {"platform": target or "this machine", "python_version": python_version or "this interpreter"},
         "commands": [{"name": "pip download", "cmd": proc.shown(cmd, out), "seconds": seconds}],
         "host": proc.host(),
-        "toolchain": {"pip": proc.first_line([sys.executable, "-m", "pip", "--version"])},
+        # the version only: `pip --version` names the venv's path, which made two checkouts' builds differ
+        "toolchain": {"pip": importlib.metadata.version("pip")},
     }

@@ -76,6 +76,7 @@ def test_wheel_mode_downloads_pinned_wheels_and_records_them(cpu_wheels):
     # the manifest is the record less what differs from run to run and machine to machine (timings, kernel build)
     kept = json.loads(manifest)
     assert "seconds" not in manifest and "platform" not in kept["host"] and record["seconds"] > 0
+    assert sys.prefix not in manifest and kept["toolchain"]["pip"].count(".") >= 1  # no venv path: same in any clone
     assert kept == {**untimed(record), "host": {k: v for k, v in record["host"].items() if k != "platform"}}
     assert record["files"] == {k: v for k, v in on_disk.items() if k != runtimes.BUILD_MANIFEST}
     assert set(record["files"]) == set(wheels)
