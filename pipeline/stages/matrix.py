@@ -52,11 +52,11 @@ SETUP_GB = 4.2
 # FAMILY_RSS). Measured at full Phi-3-mini-4k size (7.64 GB), one stage at a time (shared DESIGN.md, "Facts: full
 # size"): fetch, ir, the exports of ov-int4 and ort-cpu-int4, the smoke and quality times. Export peaks re-measured on 2026-11-28 (README, "At real size"), the
 # largest of each backend's variants: ir 1.21, ov-int4 0.48, ort-dml-fp16 1.13, npu-lib-int4 2.07; the reference
-# there on Phi-3.5-mini (bf16 as stored, upcast per layer): 12.4 GB (1.63x) in 808 s. GUESSES (no full-size run
+# (bf16 as stored, upcast per layer): 12.9 GB (1.69x) in 543 s on Phi-3-mini-4k, 12.4 GB in 808 s on Phi-3.5-mini. GUESSES (no full-size run
 # yet): the npu_library export's time, runner, package, report. Output bytes scale with the variant's precision
 # family (PRECISION).
 ESTIMATE = {
-    "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.63, 105.8, 0.01),
+    "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.69, 105.8, 0.01),
     "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
     "npu_library-export": (0.70, 15.8, None),
     "openvino-smoke": (None, 3.7, 0.0), "onnx_genai-smoke": (None, 3.0, 0.0), "npu_library-smoke": (None, 5.0, 0.0),
