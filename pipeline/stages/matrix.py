@@ -50,11 +50,11 @@ SETUP_GB = 4.2
 
 # stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes (peak None: by family,
 # FAMILY_RSS). Measured at full Phi-3-mini-4k size (7.64 GB), one stage at a time (shared DESIGN.md, "Facts: full
-# size"): fetch, ir, the exports of ov-int4 and ort-cpu-int4, the smoke and quality times. Export peaks re-measured on 2026-11-28 (README, "At real size"), the
-# largest of each backend's variants: ir 1.21, ov-int4 0.48, ort-dml-fp16 1.13, npu-lib-int4 2.07; the reference
-# (bf16 as stored, upcast per layer): 12.9 GB (1.69x) in 543 s on Phi-3-mini-4k, 12.4 GB in 808 s on Phi-3.5-mini. GUESSES (no full-size run
-# yet): the npu_library export's time, runner, package, report. Output bytes scale with the variant's precision
-# family (PRECISION).
+# size"): fetch, ir, the exports of ov-int4 and ort-cpu-int4, the smoke and quality times. Export peaks re-measured
+# on 2026-11-28 (README, "At real size"), the largest of each backend's variants: ir 1.21, ov-int4 0.48,
+# ort-dml-fp16 1.13, npu-lib-int4 2.07; the reference (bf16 as stored, upcast per layer): 12.9 GB (1.69x) in 543 s
+# on Phi-3-mini-4k, 12.4 GB in 808 s on Phi-3.5-mini. GUESSES (no full-size run yet): the npu_library export's time,
+# runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
 ESTIMATE = {
     "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.69, 105.8, 0.01),
     "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
@@ -110,11 +110,10 @@ class Stage:
             return self.rss_gb, self.wall_s
         if self.kind not in ELASTIC or not self.weights_gb:
             return None
-        fixed, per_gb, s_per_gb = ELASTIC[self.kind]
-        keep = ram - SYSTEM_GB - fixed - per_gb * self.weights_gb
+        keep = ram - self.floor_gb()  # the weights it can hold; the rest is read again on every pass
         if keep < 0:
             return None
-        return ram - SYSTEM_GB, self.wall_s + s_per_gb * max(0.0, self.weights_gb - keep)
+        return ram - SYSTEM_GB, self.wall_s + ELASTIC[self.kind][2] * max(0.0, self.weights_gb - keep)
 
     def floor_gb(self) -> float:
         fixed, per_gb, _ = ELASTIC[self.kind]
@@ -225,8 +224,10 @@ def _measure(params: Params, root: Path, graph: dict, model_of: dict) -> dict[st
         st = Stage(name, model, kind)
         st.producers = {p for o, p in producer.items() if p != name and any(_inside(o, d) or _inside(d, o)
                                                                               for d in deps)}
-        if kind in ELASTIC and model is not None and (config(model) or {}).get("torch_dtype") in SIXTEEN_BIT:
-            st.weights_gb = fp16_bytes(config(model)) / GB
+        cfg = config(model) if model is not None else None
+        size = fp16_bytes(cfg) / GB if cfg else 0.0
+        if kind in ELASTIC and cfg and cfg.get("torch_dtype") in SIXTEEN_BIT:
+            st.weights_gb = size
         metrics = [p for p, cached in outs if not cached and p.startswith("metrics/") and p.endswith(".json")]
         recorded = lock.get(name, {}).get("outs")
         measured = json.loads((root / metrics[0]).read_text()) if metrics and (root / metrics[0]).is_file() else {}
@@ -238,16 +239,14 @@ def _measure(params: Params, root: Path, graph: dict, model_of: dict) -> dict[st
             st.wall_s = measured.get("wall_s", 0.0)
         else:
             st.estimated = True
-            rss, s_per_gb, out = ESTIMATE.get(_cost_kind(params, name, kind, model)) or ESTIMATE[kind.rsplit("-", 1)[-1]]
-            size = 0.0
-            if model is not None:
-                if config(model) is None and (rss or out):
-                    raise PipelineError(f"matrix: cannot size {name}: nothing measured (metrics/, dvc.lock) and no "
-                                        f"config.json to estimate model {model!r} from; fetch it or run it once")
-                size = fp16_bytes(config(model)) / GB if config(model) else 0.0
+            step = kind.rsplit("-", 1)[-1]
+            rss, s_per_gb, out = ESTIMATE.get(_cost_kind(params, name, kind, model)) or ESTIMATE[step]
+            if model is not None and cfg is None and (rss or out):
+                raise PipelineError(f"matrix: cannot size {name}: nothing measured (metrics/, dvc.lock) and no "
+                                    f"config.json to estimate model {model!r} from; fetch it or run it once")
             out = PRECISION.get(family or "fp16", 1.0) if out is None else out
-            if kind.rsplit("-", 1)[-1] in FAMILY_RSS and family:
-                fixed, ratio = FAMILY_RSS[kind.rsplit("-", 1)[-1]][family]
+            if step in FAMILY_RSS and family:
+                fixed, ratio = FAMILY_RSS[step][family]
                 st.rss_gb = fixed + ratio * size
             else:
                 st.rss_gb = max(FLOOR_RSS_GB, rss * size) if rss else 0.0
@@ -450,7 +449,8 @@ def stage(params, layout, scale_models: int | None = None, like: str = "phi-3-mi
     result = plan(params, layout.root, runners)
     if github_output is not None:
         with open(github_output, "a") as f:
-            f.writelines(f"{key}={json.dumps(value, separators=(',', ':'))}\n" for key, value in result.items())
+            for key, value in result.items():
+                f.write(f"{key}={json.dumps(value, separators=(',', ':'))}\n")
     json.dump(result, sys.stdout, indent=2)
     print()
     print(json.dumps(summary(result)), file=sys.stderr)
