@@ -122,12 +122,10 @@ def table(project: Path, model: str) -> str:
     metrics = project / "metrics" / model
     source = project / "artifacts" / model / "source"
     weights = sum(p.stat().st_size for p in source.glob("*.safetensors")) if source.is_dir() else None
-    if weights is None:  # artifacts already deleted: the fetch record kept the file sizes
+    if weights is None:  # artifacts already deleted: the synthetic fetch recorded the weights' bytes
         if not (metrics / "source/fetch.json").is_file():
             return f"no metrics in {metrics}: fetch did not finish (see {project / 'logs'})"
-        fetched = json.loads((metrics / "source/fetch.json").read_text())
-        weights = sum(size for name, size in (fetched.get("fetch", {}).get("files") or {}).items()
-                      if name.endswith(".safetensors"))
+        weights = json.loads((metrics / "source/fetch.json").read_text())["fetch"]["total_size"]
     rows = ["| stage | wall | peak RSS | FP16 weights | RSS / weights | on disk | where the time went |",
             "|---|---|---|---|---|---|---|"]
     order = ["source/fetch", "ir-fp16/export", "reference/reference"]

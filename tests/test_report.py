@@ -1,5 +1,5 @@
 """The report's performance columns, dvc-plots rows and HTML page with its PNGs, from a small synthetic metrics tree
-(no runtimes needed), and bench/bandwidth.py's bound arithmetic."""
+(no runtimes needed), bench/bandwidth.py's bound arithmetic and bench/real_size.py's table."""
 
 from __future__ import annotations
 
@@ -149,3 +149,21 @@ def test_every_configured_build_has_a_status_and_nothing_else_a_row(project):
     time.sleep(0.01)
     fsutil.write_json(project / "metrics/tiny/ort-cpu-int4/export.json", {"wall_s": 6.5})
     report.run(GATE, VARIANTS, {"tiny": ["ov-int4", "ort-cpu-int4"]}, project / "metrics", project / "r.json")
+
+
+def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path):
+    """bench/real_size.py deletes each route's multi-GB outputs as it goes; its table then takes the weights' bytes
+    from the synthetic fetch record (whose `files` is a list of names) and each export's from its own record."""
+    spec = importlib.util.spec_from_file_location("real_size", ROOT / "bench" / "real_size.py")
+    real_size = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_size)
+    metrics = tmp_path / "metrics" / "m"
+    fetched = {"files": ["config.json", "model-00001-of-00002.safetensors"], "total_size": 2**30}
+    fsutil.write_json(metrics / "source/fetch.json",
+                      {"stage": "fetch@m", "wall_s": 56.0, "peak_rss_mb": 100.0, "fetch": fetched})
+    exported = {"files": {"openvino_model.bin": 2**28, "openvino_model.xml": 2**20}, "phases": {"compress": 31.0}}
+    fsutil.write_json(metrics / "ov-int4/export.json", {"stage": "openvino-export@m-ov-int4", "wall_s": 37.0,
+                                                         "peak_rss_mb": 512.0, "export": exported})
+    rows = real_size.table(tmp_path, "m").splitlines()
+    assert rows[2].startswith("| fetch@m | 56 s | 0.1 GB | 1.07 GB | 0.10 |")
+    assert rows[3] == "| openvino-export@m-ov-int4 | 37 s | 0.5 GB | 1.07 GB | 0.50 | 0.27 GB | compress 31 s |"
