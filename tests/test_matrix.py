@@ -139,8 +139,9 @@ def test_a_data_aware_export_is_estimated_at_its_own_measured_cost(tmp_path):
     plan = json.loads(_plan(proj, "--runner", "linux-8core=32,300").stdout)
     ov = next(j for j in plan["build"] if j["job"] == "openvino@phi3")
     weights = 7.64  # GB
-    # GPTQ's 760 s per GB (97 minutes measured at this size) against the data-free export's 11
-    assert 760 * weights < ov["wall_s"] < 760 * weights + 20 * 60
+    # GPTQ's 760 s per GB (97 minutes measured at this size) against the data-free export's 11; the rest: the other
+    # export and both variants' smoke and quality (at most 5 minutes each at this size)
+    assert 760 * weights < ov["wall_s"] < 760 * weights + 25 * 60
 
 
 def test_scale_on_paper(tmp_path):

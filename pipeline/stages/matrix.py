@@ -49,19 +49,20 @@ RUNNERS = {"ubuntu-latest": (16.0, 14.0), "windows-latest": (16.0, 14.0)}
 SETUP_GB = 4.2
 
 # stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes (peak None: by family,
-# FAMILY_RSS). Measured at full Phi-3-mini-4k size (7.64 GB), one stage at a time (shared DESIGN.md, "Facts: full
-# size"): fetch, ir, the exports of ov-int4 and ort-cpu-int4, the smoke and quality times. Export peaks re-measured
-# on 2026-11-28 (README, "At real size"), the largest of each backend's variants: ir 1.21, ov-int4 0.48,
-# ort-dml-fp16 1.13, npu-lib-int4 2.07; the reference (bf16 as stored, upcast per layer): 12.9 GB (1.69x) in 543 s
-# on Phi-3-mini-4k, 12.4 GB in 808 s on Phi-3.5-mini. GUESSES (no full-size run yet): the npu_library export's time,
-# runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
+# FAMILY_RSS). Measured at full Phi-3-mini size (7.64 GB), one stage at a time (README, "At real size"): fetch, ir,
+# the exports (peaks: the largest of each backend's variants, ir 1.21, ov-int4 0.48, ort-dml-fp16 1.13, npu-lib-int8
+# 0.70), the reference (bf16 as stored, upcast per layer: 12.9 GB, 1.69x, in 543 s on Phi-3-mini-4k). GUESSES (no
+# full-size run yet): runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
 ESTIMATE = {
     "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.69, 105.8, 0.01),
     "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
     "npu_library-export": (0.70, 15.8, None),
-    "openvino-smoke": (None, 3.7, 0.0), "onnx_genai-smoke": (None, 3.0, 0.0), "npu_library-smoke": (None, 5.0, 0.0),
-    "openvino-quality": (None, 24.5, 0.0), "onnx_genai-quality": (None, 24.5, 0.0),  # peaks: FAMILY_RSS
-    "npu_library-quality": (None, 24.5, 0.0),
+    # smoke and quality: each backend's slowest variant, Phi-3-mini-128k through every route (ov-int4-npu's second
+    # pipeline, ort-dml-fp16 on the CPU EP, npu-lib-int4 on the library's CPU kernels); peaks: FAMILY_RSS
+    "openvino-smoke": (None, 37.8, 0.0), "onnx_genai-smoke": (None, 11.4, 0.0),
+    "npu_library-smoke": (None, 54.1, 0.0),
+    "openvino-quality": (None, 39.9, 0.0), "onnx_genai-quality": (None, 53.7, 0.0),
+    "npu_library-quality": (None, 139.0, 0.0),
     "runner": (1.0, 5.0, 0.0), "package": (0.0, 0.5, 0.0), "report": (0.0, 0.0, 0.0),
     "runner_wheel": (0.0, 0.0, 0.0), "build_native": (0.0, 0.0, 0.0),
     # data-aware OpenVINO exports at Phi-3-mini-4k size (README, "At real size"): AWQ + scale estimation 769 s,
@@ -71,11 +72,12 @@ ESTIMATE = {
 # Smoke and quality peaks by precision family, (GB, x the FP16 bytes): they do not scale with the model as one ratio.
 # FP16 compiles float32 weights beside the mapped IR on the CPU (Phi-3-mini: smoke 15.3 GB, 2.0x; quality 21.0 GB,
 # 2.74x). INT4 through the sizes measured (README, "At real size"; ort-cpu-int4 below ov-int4 in each): smoke 6.1 GB
-# at Phi-3-mini, 20.7 at Phi-3-medium; quality 15.4 and 20.9 (the 4k models; Phi-3.5-mini's 11.8). INT8: GUESSES,
-# INT4's with its larger weights (no full-size INT8 quality finished).
+# at Phi-3-mini, 20.7 at Phi-3-medium; quality 15.4 and 20.9 (the 4k models; Phi-3.5-mini's 11.8). INT8, measured at
+# Phi-3-mini-128k/3.5-mini shapes only (npu-lib-int8): smoke 6.1 GB as INT4's, quality 11.4 GB under INT4's 11.8
+# there: INT4's lines.
 FAMILY_RSS = {
-    "smoke": {"fp32": (0.0, 3.0), "fp16": (0.0, 2.03), "int8": (0.6, 0.9), "int4": (0.6, 0.72)},
-    "quality": {"fp32": (0.0, 3.0), "fp16": (0.0, 2.74), "int8": (13.3, 0.4), "int4": (13.3, 0.27)},
+    "smoke": {"fp32": (0.0, 3.0), "fp16": (0.0, 2.03), "int8": (0.6, 0.72), "int4": (0.6, 0.72)},
+    "quality": {"fp32": (0.0, 3.0), "fp16": (0.0, 2.74), "int8": (13.3, 0.27), "int4": (13.3, 0.27)},
 }
 # Stages that run below the peak above where memory is short, and what that costs: kind -> (GB they need besides
 # the weights they keep, that need x the FP16 bytes, seconds per GB of weights that do not fit). The reference keeps
