@@ -51,12 +51,12 @@ SETUP_GB = 4.2
 # stage kind -> (peak RSS, wall seconds per GB, output bytes), each x the model's FP16 bytes (peak None: by family,
 # FAMILY_RSS). Measured at full Phi-3-mini size (7.64 GB), one stage at a time (README, "At real size"): fetch, ir,
 # the exports (peaks: the largest of each backend's variants, ir 1.21, ov-int4 0.48, ort-dml-fp16 1.13, npu-lib-int8
-# 0.70), the reference (bf16 as stored, upcast per layer: 12.9 GB, 1.69x, in 543 s on Phi-3-mini-4k). GUESSES (no
+# 0.73), the reference (bf16 as stored, upcast per layer: 12.9 GB, 1.69x, in 543 s on Phi-3-mini-4k). GUESSES (no
 # full-size run yet): runner, package, report. Output bytes scale with the variant's precision family (PRECISION).
 ESTIMATE = {
     "fetch": (0.01, 4.2, 1.0), "ir": (1.21, 9.2, 1.0), "reference": (1.69, 105.8, 0.01),
     "openvino-export": (0.48, 11.3, None), "onnx_genai-export": (1.13, 13.1, None),
-    "npu_library-export": (0.70, 15.8, None),
+    "npu_library-export": (0.73, 15.8, None),
     # smoke and quality: each backend's slowest variant, Phi-3-mini-128k through every route (ov-int4-npu's second
     # pipeline, ort-dml-fp16 on the CPU EP, npu-lib-int4 on the library's CPU kernels); peaks: FAMILY_RSS
     "openvino-smoke": (None, 37.8, 0.0), "onnx_genai-smoke": (None, 11.4, 0.0),
