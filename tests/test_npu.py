@@ -221,6 +221,35 @@ def test_library_export_is_portable_and_reloads_to_the_same_logits(dtype, librar
 
 
 @needs_library
+def test_library_export_shows_its_progress_and_where_the_time_went(tiny_model, tmp_path, capsys):
+    # The worker's stderr was captured whole and dropped: a 4-minute full-size export showed nothing until it ended.
+    variant = NpuLibraryVariant(backend="npu_library", dtype="int4")
+    record = npu_library.export(tiny_model, variant, _dir(tmp_path / "int4"), ir_fp16=None, smoke=SMOKE)
+    err = capsys.readouterr().err
+    assert "npu-lib: decoder layer 1/2 quantized" in err and "npu-lib: decoder layer 2/2 quantized" in err
+    assert "npu-lib export: save" in err
+    assert [name for name, _ in record["phases"]] == [
+        "import", "load", "quantize a decoder layer at a time, compile", "save", "worker start, probe logits, exit",
+        "reload in a fresh process, logits compared"]
+    assert all(s >= 0 for _, s in record["phases"])
+    assert sum(s for _, s in record["phases"]) == pytest.approx(record["seconds"], abs=0.1)
+
+
+@needs_library
+def test_library_worker_failure_names_its_cause_in_one_line(tiny_model, tmp_path):
+    broken = tmp_path / "no-weights"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model / "config.json").read_text())
+    variant = NpuLibraryVariant(backend="npu_library", dtype="int8")
+    with pytest.raises(PipelineError) as err:
+        npu_library.export(broken, variant, _dir(tmp_path / "int8"), ir_fp16=None, smoke=SMOKE)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("intel-npu-acceleration-library worker `export` failed (exit 1): OSError:"), message
+    assert "model.safetensors" in message
+
+
+@needs_library
 @pytest.mark.parametrize("dtype", ["int4", "int8"])
 def test_library_export_a_layer_at_a_time_writes_what_compile_writes(dtype, tmp_path):
     """The worker quantizes one decoder layer at a time (the library's compile() on the whole model peaked at 2.07x
@@ -241,7 +270,7 @@ def test_library_export_a_layer_at_a_time_writes_what_compile_writes(dtype, tmp_
         "worker.export(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])\n"
     )
     subprocess.run([str(npu_lib.python()), "-c", whole, str(src), str(tmp_path / "whole"), dtype], check=True,
-                   cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(npu_lib.WORKER.parent)})
+                   cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(npu_lib.WORKER.parent), str(npu_lib.ROOT)])})
     ours, theirs = ((tmp_path / d / "npu_model.safetensors").read_bytes() for d in ("ours", "whole"))
     assert ours == theirs
     assert (tmp_path / "ours" / "npu_model.json").read_text() == (tmp_path / "whole" / "npu_model.json").read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -73,11 +74,18 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
                str(tmp / "request.json"), str(tmp / "result.json")]
         # cwd: the library writes an OpenVINO kernel cache to ./cache and neural-compressor its ./nc_workspace.
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # for pipeline.weights
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env={**os.environ, "PYTHONPATH": path})
+        # Its stderr is passed on as it comes (a full-size export's progress, a line per decoder layer, was held back
+        # until the worker ended); its last line names the cause of a failure.
+        last = "no output"
+        with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                              env={**os.environ, "PYTHONPATH": path}) as proc:
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                if line.strip() and "Warning" not in line:
+                    last = line.strip()
         if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln]
             raise PipelineError(f"intel-npu-acceleration-library worker `{args[0]}` failed (exit "
-                                f"{proc.returncode}): {lines[-1].strip() if lines else 'no output'}")
+                                f"{proc.returncode}): {last}")
         logits = [np.load(tmp / f"logits-{i}.npy") for i in range(len(request.get("logits", [])))]
         return json.loads((tmp / "result.json").read_text()), logits
 
@@ -88,8 +96,11 @@ def export(source: Path, variant: NpuLibraryVariant, out: Path, *, ir_fp16: Path
     source, out = Path(source).resolve(), Path(out).resolve()  # the worker runs in a temp cwd
     start = time.perf_counter()
     exported, (before,) = _worker("export", str(source), str(out), variant.dtype, request={"logits": [PROBE]})
-    export_s = time.perf_counter() - start
+    phases = [*exported["phases"], ["worker start, probe logits, exit", round(
+        time.perf_counter() - start - sum(s for _, s in exported["phases"]), 2)]]
+    reload_start = time.perf_counter()
     reloaded, (after,) = _worker("run", str(out), request={"logits": [PROBE]})
+    phases.append(["reload in a fresh process, logits compared", round(time.perf_counter() - reload_start, 2)])
     diff = float(np.abs(before - after).max())
     if diff != 0.0:
         raise PipelineError(f"{out.name}: reloading the safetensors gives other logits than the exported model "
@@ -102,8 +113,7 @@ def export(source: Path, variant: NpuLibraryVariant, out: Path, *, ir_fp16: Path
         "method": "intel-npu-acceleration-library NPUModelForCausalLM.from_pretrained(CompilerConfig(dtype="
                   f"{variant.dtype})), quantized weights and scales saved as safetensors",
         "seconds": round(time.perf_counter() - start, 2),
-        "export_s": round(export_s, 2),
-        "compile_s": exported["compile_s"],
+        "phases": phases,
         "quantized_layers": exported["quantized_layers"],
         "device": exported["device"],
         "fallback": exported["fallback"],

@@ -1,7 +1,7 @@
 """Runs inside the intel-npu-acceleration-library environment (create.py), one command per process: the library
 aborts on a second compile in a process that already generated (DESIGN.md). From `pipeline` it imports only
-`pipeline.weights` (the standard library and torch, which this environment has; library.py puts the project on
-its path).
+`pipeline.weights` and `pipeline.record` (the standard library and torch, which this environment has; library.py puts
+the project on its path).
 
     worker.py export SOURCE OUT int4|int8 REQUEST.json RESULT.json
     worker.py run ARTIFACT REQUEST.json RESULT.json
@@ -46,13 +46,14 @@ def _device() -> dict:
 
 
 def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
-    import torch
-    from intel_npu_acceleration_library import int4, int8
-    from intel_npu_acceleration_library.nn.linear import QuantizedLinear
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
+    from pipeline.record import Phases
 
-    start = time.perf_counter()
+    phases = Phases("npu-lib export")  # its lines reach the stage's log: library.py streams this process's stderr
+    with phases("import"):
+        import torch
+        from intel_npu_acceleration_library import int4, int8
+        from transformers import AutoModelForCausalLM
+
     # What NPUModelForCausalLM.from_pretrained(src, use_cache=True, config=CompilerConfig(dtype=...), export=False)
     # does (its export=True cache is a pickle of the whole module under a path derived from the absolute source
     # path, which current torch refuses to load; the safetensors below replace it), with two steps changed. Tied
@@ -60,12 +61,25 @@ def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
     # on a tied tiny Phi-3 against 0.9998 untied, and SmolLM2 answered only newlines); untied, the float embedding
     # table and the quantized lm_head are separate tensors and the maths is unchanged. And compile() runs a decoder
     # layer at a time (_compile).
-    model = AutoModelForCausalLM.from_pretrained(str(source), use_cache=True)
-    if model.config.tie_word_embeddings:
-        model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-        model.config.tie_word_embeddings = False
-    model = _compile(model, {"int4": int4, "int8": int8}[dtype], source)
-    compile_s = time.perf_counter() - start
+    with phases("load"):
+        model = AutoModelForCausalLM.from_pretrained(str(source), use_cache=True)
+        if model.config.tie_word_embeddings:
+            model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+            model.config.tie_word_embeddings = False
+    with phases("quantize a decoder layer at a time, compile"):
+        model = _compile(model, {"int4": int4, "int8": int8}[dtype], source)
+    with phases("save"):
+        manifest = _save(model, source, out, dtype)
+    return model, {"phases": phases.seconds, "quantized_layers": len(manifest["quantized_modules"]),
+                   "library_version": manifest["library_version"], **_device()}
+
+
+def _save(model, source: Path, out: Path, dtype: str) -> dict:
+    import intel_npu_acceleration_library as lib
+    import torch
+    from intel_npu_acceleration_library.nn.linear import QuantizedLinear
+    from safetensors.torch import save_file
+
     tensors, quantized = {}, {}
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLinear):
@@ -90,8 +104,6 @@ def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
     for name in COPIED[1:]:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
-    import intel_npu_acceleration_library as lib
-
     manifest = {
         "format": FORMAT,
         "library": "intel-npu-acceleration-library",
@@ -104,8 +116,7 @@ def export(source: Path, out: Path, dtype: str) -> tuple[object, dict]:
         "weights": WEIGHTS,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return model, {"compile_s": round(compile_s, 2), "quantized_layers": len(quantized),
-                   "library_version": lib.__version__, **_device()}
+    return manifest
 
 
 def _compile(model, dtype, source: Path):
