@@ -270,7 +270,8 @@ def test_library_export_a_layer_at_a_time_writes_what_compile_writes(dtype, tmp_
         "worker.export(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])\n"
     )
     subprocess.run([str(npu_lib.python()), "-c", whole, str(src), str(tmp_path / "whole"), dtype], check=True,
-                   cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(npu_lib.WORKER.parent), str(npu_lib.ROOT)])})
+                   cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(npu_lib.WORKER.parent), str(npu_lib.ROOT)])})
     ours, theirs = ((tmp_path / d / "npu_model.safetensors").read_bytes() for d in ("ours", "whole"))
     assert ours == theirs
     assert (tmp_path / "ours" / "npu_model.json").read_text() == (tmp_path / "whole" / "npu_model.json").read_text()

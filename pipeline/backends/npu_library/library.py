@@ -73,7 +73,8 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
         cmd = [str(python()), "-X", "faulthandler", str(WORKER), *args,
                str(tmp / "request.json"), str(tmp / "result.json")]
         # cwd: the library writes an OpenVINO kernel cache to ./cache and neural-compressor its ./nc_workspace.
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # for pipeline.weights
+        # The worker imports pipeline.weights and pipeline.record.
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         # Its stderr is passed on as it comes (a full-size export's progress, a line per decoder layer, was held back
         # until the worker ended); its last line names the cause of a failure.
         last = "no output"
