@@ -143,8 +143,8 @@ def table(project: Path, model: str) -> str:
         if path.stem in ("export", "fetch", "reference"):  # a route's artifacts may be gone (--keep not given)
             written = (rec.get(path.stem) or {}).get("files")
             disk = _du(out) if out.exists() else sum(written.values()) if isinstance(written, dict) else None
-        phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or {}
-        went = ", ".join(f"{k} {v:.0f} s" for k, v in (phases.items() if isinstance(phases, dict) else phases))
+        phases = rec.get("phases") or (rec.get("export") or {}).get("phases") or []
+        went = ", ".join(f"{k} {v:.0f} s" for k, v in phases)
         if rec.get("streamed"):  # a reference whose weights did not fit in memory
             went += f"; {rec['streamed']}"
         rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "

@@ -161,7 +161,7 @@ def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path
     fetched = {"files": ["config.json", "model-00001-of-00002.safetensors"], "total_size": 2**30}
     fsutil.write_json(metrics / "source/fetch.json",
                       {"stage": "fetch@m", "wall_s": 56.0, "peak_rss_mb": 100.0, "fetch": fetched})
-    exported = {"files": {"openvino_model.bin": 2**28, "openvino_model.xml": 2**20}, "phases": {"compress": 31.0}}
+    exported = {"files": {"openvino_model.bin": 2**28, "openvino_model.xml": 2**20}, "phases": [["compress", 31.0]]}
     fsutil.write_json(metrics / "ov-int4/export.json", {"stage": "openvino-export@m-ov-int4", "wall_s": 37.0,
                                                          "peak_rss_mb": 512.0, "export": exported})
     rows = real_size.table(tmp_path, "m").splitlines()
