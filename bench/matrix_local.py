@@ -17,7 +17,7 @@ credentials from the environment (RCLONE_AUTH_KEY), a local folder as the bucket
 Checks (exit status 1 when one fails):
   - no stage ran in two jobs (`check`, always_changed by design, runs in each);
   - the assembling job ran no fetch/ir/reference/export/smoke/quality/runner stage (its own step also refuses);
-  - every artifacts/ output hash in the assembled dvc.lock equals a single-machine `dvc repro`'s, and every
+  - every artifacts/ output hash in the assembled dvc.lock files (the root's and each model's) equals a single-machine `dvc repro`'s, and every
     releases/ output too once both are packaged from the same measurements (the cards quote timings);
   - --kill JOB: that job is killed during the second stage it runs, then rerun alone in a fresh clone: it
     converges to the same hashes and reruns no stage that had finished.
@@ -48,7 +48,7 @@ from pipeline.stages.matrix import LEVELS
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
-RAN = re.compile(r"^Running stage '([^']+)'", re.M)
+RAN = re.compile(r"^Running stage '(?:[^':]+:)?([^']+)'", re.M)  # the name, without models/<model>/dvc.yaml:
 NOT_HERE = re.compile(r"^(fetch|ir|reference|runner|[a-z_]+-(export|smoke|quality))@")
 BUCKET = "aipc"
 
@@ -159,9 +159,9 @@ def run_job(level: str, entry: dict, origin: Path, workdir: Path, secret: dict, 
 
 
 def lock_hashes(project: Path, prefixes=("artifacts/", "releases/")) -> dict[str, str]:
-    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    return {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])
-            if o["path"].startswith(prefixes)}
+    locks = [project / "dvc.lock", *sorted(project.glob("models/*/dvc.lock"))]
+    return {o["path"]: o["md5"] for lock in locks for st in yaml.safe_load(lock.read_text())["stages"].values()
+            for o in st.get("outs", []) if o["path"].startswith(prefixes)}
 
 
 def single_machine(origin: Path, workdir: Path, metrics_from: Path) -> tuple[Path, float]:
@@ -174,9 +174,9 @@ def single_machine(origin: Path, workdir: Path, metrics_from: Path) -> tuple[Pat
     shutil.copytree(metrics_from / "metrics", where / "metrics")
     # recorded as the outputs of the stages that wrote them (else `dvc repro` restores this machine's own from its
     # run cache), but not as the inputs of the report and packages, which must rerun on them
-    names = subprocess.run([str(BIN / "dvc"), "stage", "list", "--name-only"], cwd=where, env=env(), check=True,
-                           capture_output=True, text=True).stdout.split()
-    writers = [n for n in names if n not in ("check", "report") and "-package@" not in n]
+    names = subprocess.run([str(BIN / "dvc"), "stage", "list", "--all", "--name-only"], cwd=where, env=env(),
+                           check=True, capture_output=True, text=True).stdout.split()
+    writers = [n for n in names if n not in ("check", "report") and "-package@" not in n]  # addressed: path:name
     subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", *writers], cwd=where, env=env(), check=True,
                    capture_output=True)
     done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=where, env=env(), capture_output=True, text=True)

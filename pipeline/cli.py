@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.errors import PipelineError
-from pipeline.layout import BUILDS, IR_FP16, REFERENCE, SOURCE
+from pipeline.layout import IR_FP16, REFERENCE, SOURCE
 
 MODEL = (("model",), {})
 VARIANT = (("variant_name",), {"metavar": "variant"})
@@ -40,10 +40,11 @@ COMMANDS = {
     "check": Command("pipeline.cli:check", "validate params.yaml, verify every output against its manifest and sweep "
                      "interrupted runs' debris; stage `check`, which every stage depends on, runs it first on every "
                      "dvc repro", ((("--out",), {"type": Path}),)),
-    "repro": Command("pipeline.cli:repro", "write builds.yaml from params.yaml, then `dvc repro --keep-going`: a "
-                     "failure stops only what depends on it; if any stage failed, the report anyway (every model x "
-                     "variant: built, failed and why, or not configured) and exit 1",
-                     ((("targets",), {"nargs": "*", "help": "dvc repro targets (default: the whole pipeline)"}),)),
+    "repro": Command("pipeline.cli:repro", "write each model's models/<model>/{dvc.yaml,build.yaml} from params.yaml, "
+                     "then `dvc repro --keep-going`: a failure stops only what depends on it; if any stage failed, "
+                     "the report anyway (every model x variant: built, failed and why, or not configured) and exit 1",
+                     ((("targets",), {"nargs": "*", "help": "dvc repro targets, stage names as `dvc status` prints "
+                                      "them (default: the whole pipeline)"}),)),
     "repair": Command("pipeline.cli:repair", "delete every output file changed in place, its DVC cache object and "
                       "every link to it, then `dvc repro` rebuilds them"),
     "fetch": Command("pipeline.stages.fetch:stage", "materialise a model's checkpoint into artifacts/<model>/source",
@@ -116,10 +117,14 @@ def check(params, layout, out: Path | None = None) -> None:
     `dvc repro` reruns nothing downstream."""
     from pipeline import fsutil, integrity
 
-    if write_builds(params, layout):
-        raise PipelineError(f"{layout.root / BUILDS} was out of date with params.yaml (a model's `variants:`, a "
-                            "model or a variant added or removed): rewritten; run `dvc repro` again, which reads "
-                            "it before this check runs (`aipc repro` writes it first)")
+    from pipeline import dvcfiles
+
+    changed = dvcfiles.sync(params, layout.root)
+    if changed:
+        raise PipelineError(f"{changed[0].relative_to(layout.root)} was out of date with params.yaml or "
+                            f"{dvcfiles.STAGES} ({len(changed)} file(s): a model, a variant or a value added, changed "
+                            "or removed): rewritten; run `dvc repro` again, which reads them before this check runs "
+                            "(`aipc repro` writes them first)")
     for path in integrity.sweep(layout.root):
         print(f"removed {path.relative_to(layout.root)} (left by an interrupted run)", file=sys.stderr)
     integrity.verify(layout.root)
@@ -129,20 +134,6 @@ def check(params, layout, out: Path | None = None) -> None:
         fsutil.write_json(out, {"params": "valid"})
 
 
-def write_builds(params, layout) -> bool:
-    """Write builds.yaml for `params` if its text differs; True if it did (DVC had read the stale one)."""
-    from pipeline import params as params_mod
-
-    path = layout.root / BUILDS
-    text = params_mod.builds_yaml(params)
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return True
-
-
 def repro(params, layout, targets: list[str]) -> None:
     """`aipc repro [targets]`: what `make repro` runs. DVC runs the stages; --keep-going makes a failing stage skip
     only its dependents. `report` depends on every model's metrics, so DVC skips it after any failure: it then runs
@@ -150,7 +141,10 @@ def repro(params, layout, targets: list[str]) -> None:
     Layout.failure) before this exits 1."""
     import subprocess
 
-    write_builds(params, layout)
+    from pipeline import dvcfiles
+
+    dvcfiles.sync(params, layout.root)
+    targets = [dvcfiles.address(params, t) for t in targets]
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--keep-going", *targets], cwd=layout.root)
     if done.returncode == 0:
         return

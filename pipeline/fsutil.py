@@ -50,11 +50,15 @@ def staged_dir(out: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: object) -> None:
-    """Write JSON via a temp file + rename so readers never see a truncated file."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename so readers never see a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

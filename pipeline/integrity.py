@@ -61,6 +61,7 @@ def corrupted(root: Path) -> list[tuple[Path, str, str]]:
     except (OSError, ValueError):
         state = {}
     bad, seen = [], {}
+    hashed: dict[tuple, str] = {}  # hard links (a release and its artifact, ov-fp16 and the IR) are hashed once
     for manifest in manifests(root):
         for name, digest in _listed(manifest).items():
             path = manifest.parent / name
@@ -72,7 +73,9 @@ def corrupted(root: Path) -> list[tuple[Path, str, str]]:
             if known and known[0] == stamp and known[1] == digest:
                 seen[key] = known
                 continue
-            actual = fsutil.sha256_file(path)
+            if tuple(stamp) not in hashed:
+                hashed[tuple(stamp)] = fsutil.sha256_file(path)
+            actual = hashed[tuple(stamp)]
             if actual != digest:
                 bad.append((path, digest, actual))
             else:
@@ -123,15 +126,19 @@ def repair(root: Path) -> list[Path]:
 
 def sweep(root: Path) -> list[Path]:
     """Remove what interrupted runs left: staging dirs (.<name>.partial-<pid>) of processes no longer alive (a killed
-    stage whose outputs DVC later restored from its run cache never ran the sweep in fsutil.staged_dir) and model
-    dirs left empty."""
+    stage whose outputs DVC later restored from its run cache never ran the sweep in fsutil.staged_dir; DVC's lock
+    files half-written by a killed `dvc repro`, pipeline/dvc_atomic.py) and model dirs left empty."""
     removed = []
+    root = Path(root)
+    staged = [p for tree in TREES for p in (root / tree).glob("*/.*.partial-*")]
+    written = [p for pattern in (".*.partial-*", "models/*/.*.partial-*", ".dvc/tmp/.*.partial-*")
+               for p in root.glob(pattern)]
+    for partial in sorted(staged + written):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            removed.append(partial)
     for tree in TREES:
-        for partial in sorted((Path(root) / tree).glob("*/.*.partial-*")):
-            pid = partial.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
-                removed.append(partial)
         for model in sorted((Path(root) / tree).glob("*/")):
             if model.is_dir() and not any(model.iterdir()):
                 model.rmdir()

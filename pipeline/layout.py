@@ -11,7 +11,8 @@ SOURCE_JSON = "source.json"  # its provenance, inside it
 IR_FP16 = "ir-fp16"  # optimum-intel's FP16 IR, from which the OpenVINO variants are derived
 REFERENCE = "reference"  # the FP32 reference's results on the eval set
 NATIVE = "native"  # artifacts/native/<target>: runtime builds and the C++ runner's wheel
-BUILDS = "builds.yaml"  # the model x variant pairs dvc.yaml iterates over, written from params.yaml
+MODELS = "models"  # models/<model>/{dvc.yaml,build.yaml,dvc.lock}: each model's DVC pipeline (pipeline/dvcfiles.py)
+STAGES = "models/stages.yaml"  # the stages every model's dvc.yaml copies
 FAILED = ".aipc/failed"  # the last failure of each stage command, beside metrics/ but outside DVC (see failure())
 # Names a variant or model cannot take: their folders are already another stage's output.
 RESERVED_VARIANTS = {SOURCE: "the fetched checkpoint", IR_FP16: "the FP16 OpenVINO IR",
@@ -31,6 +32,10 @@ class Layout:
 
     def release(self, model: str, variant: str) -> Path:
         return self.root / "releases" / model / variant
+
+    def pipeline(self, model: str) -> Path:
+        """The folder of the model's own dvc.yaml, build.yaml and dvc.lock."""
+        return self.root / MODELS / model
 
     def failure(self, model: str, name: str, kind: str) -> Path:
         """Where a stage that failed leaves its reason: the path of its metrics(model, name, kind) under FAILED.

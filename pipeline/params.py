@@ -8,6 +8,7 @@ backend (`variants: openvino: ov-int4: {...}`) and `Params.variants` is the flat
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import types
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from build_native.params import NativeParams
 from pipeline import calibset
@@ -116,6 +117,14 @@ class Params(Strict):
     smoke: SmokeParams
     quality: QualityParams
     native: dict[str, NativeParams]  # build_native@<target>; {} for none (dvc.yaml needs the key)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)  # the values as written (set by validate())
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        if not self._raw:
+            raise PipelineError("internal: these Params were not made by params.validate()/load(), which keep the "
+                                "values as written")
+        return self._raw
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -294,24 +303,41 @@ def load(path: str | Path = "params.yaml") -> Params:
         raise PipelineError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{path}: expected a mapping at the top level")
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    """params.yaml's parsed text as Params (one line naming the first problem), keeping the text's values (.raw)."""
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         raise PipelineError(_one_line(e, raw)) from None
+    params._raw = copy.deepcopy(raw)
+    return params
 
 
-BUILDS_HEADER = """\
+BUILD_HEADER = """\
 # Written from params.yaml by `aipc repro` and the `check` stage; do not edit (change params.yaml).
-# Per backend, every model x variant that is built (a model's `variants:`, default all): dvc.yaml's per-variant
-# stages iterate over these (`foreach`). DVC's `matrix` is the full product of its lists and cannot leave a pair
-# out, and its templates cannot filter, so the pairs are spelt out here; `check` fails while this file is stale.
+# This model's part of params.yaml, for its stages in dvc.yaml beside this file (a copy of models/stages.yaml): as
+# vars, `builds` (per backend, every variant the model builds: DVC's `matrix` is the full product of its lists and
+# cannot leave a pair out, so the pairs are spelt out) and `models` (this one); as params, the values its stages
+# read. Only this model's values: DVC re-reads a stage's params file for every stage it checks.
 """
 
 
-def builds_yaml(params: Params) -> str:
-    """The text of builds.yaml (layout.BUILDS) for `params`: `builds: {backend: {<model>-<variant>: {model, variant}}}`,
-    every backend present (`{}` for none), so each stage keeps the name the matrix gave it: <stage>@<model>-<variant>."""
+def build_yaml(params: Params, model: str) -> str:
+    """The text of models/<model>/build.yaml (layout.Layout.build_file): `builds: {backend: {<model>-<variant>:
+    {model, variant}}}`, every backend present (`{}` for none), so each stage keeps the name the matrix gave it
+    (<stage>@<model>-<variant>), and the model's values of params.yaml as written there: its `models` entry, the
+    variants it builds (grouped by backend), `smoke` and `quality`."""
+    raw = params.raw
+    built = params.variants_of(model)
     groups: dict[str, dict] = {b: {} for b in BACKENDS}
-    for model, name in params.builds():
-        groups[params.variants[name].backend][f"{model}-{name}"] = {"model": model, "variant": name}
-    return BUILDS_HEADER + yaml.safe_dump({"builds": groups}, sort_keys=False, default_flow_style=None, width=120)
+    values: dict[str, dict] = {b: {} for b in BACKENDS}
+    for name in built:
+        backend = params.variants[name].backend
+        groups[backend][f"{model}-{name}"] = {"model": model, "variant": name}
+        values[backend][name] = raw["variants"][backend][name]
+    data = {"builds": groups, "models": {model: raw["models"][model]}, "variants": values,
+            "smoke": raw["smoke"], "quality": raw["quality"]}
+    return BUILD_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)

@@ -1,4 +1,4 @@
-"""dvc.yaml's deps against the code each stage really runs, and the layers of the code itself.
+"""dvc.yaml's and models/stages.yaml's deps against the code each stage really runs, and the layers of the code itself.
 
 A stage's code is the import closure of its entry function's module (pipeline/cli.py's table) plus, for the
 `<backend>-<stage>` matrices, that backend's package; imports are read from the source (every `import` statement,
@@ -22,6 +22,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.backends import BACKENDS
+from pipeline.layout import STAGES
 from tests.conftest import ROOT
 
 PLUMBING = {"pipeline", "pipeline.cli", "pipeline.errors", "pipeline.layout", "pipeline.schema", "pipeline.record",
@@ -84,8 +85,9 @@ def closure(roots: list[str], plumbing: set[str]) -> set[str]:
 
 
 def _stages() -> dict[str, dict]:
-    """dvc.yaml's stages, each `foreach` group as its `do:` template."""
-    return {name: stage.get("do", stage) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
+    """The stages of dvc.yaml and models/stages.yaml (every model's dvc.yaml), each `foreach` group as its `do:`."""
+    return {name: stage.get("do", stage) for path in ("dvc.yaml", STAGES)
+            for name, stage in yaml.safe_load((ROOT / path).read_text())["stages"].items()}
 
 
 def _roots(name: str, stage: dict) -> list[str]:

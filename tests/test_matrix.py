@@ -33,21 +33,27 @@ def _plan(proj: Path, *args: str) -> subprocess.CompletedProcess:
     return project.aipc(proj, "matrix", *args, check=False)
 
 
+def _names(targets: str) -> list[str]:
+    """A job's `dvc repro` targets as stage names (without models/<model>/dvc.yaml:)."""
+    return [t.rsplit(":", 1)[-1] for t in targets.split()]
+
+
 def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements():
     proc = project.run(ROOT, str(project.BIN / "aipc"), "matrix")
     plan = json.loads(proc.stdout)
-    stages = project.dvc(ROOT, "stage", "list", "--name-only").stdout.split()
+    stages = project.dvc(ROOT, "stage", "list", "--all", "--name-only").stdout.split()
     levels = ("upstream", "build", "windows", "assemble")
     owned = [s for level in levels for job in plan[level] for s in job["targets"].split()]
-    assert sorted(owned) == sorted(set(stages) - {"check"})  # each once, none left out
+    assert sorted(owned) == sorted(set(stages) - {"check"})  # each once, none left out, each as `dvc repro` takes it
+    assert "models/smollm2/dvc.yaml:fetch@smollm2" in owned
     assert [j["job"] for j in plan["upstream"]] == ["upstream@smollm2", "native"]
     assert [j["job"] for j in plan["build"]] == ["openvino@smollm2", "onnx_genai@smollm2", "npu_library@smollm2"]
     # the DirectML variants' smokes run on Windows through the runtime built there; their exports and quality on Linux
     [windows] = plan["windows"]
-    assert {k: windows[k] for k in ("job", "runs-on", "model", "native", "targets")} == {
-        "job": "dml@smollm2", "runs-on": "windows-latest", "model": "smollm2", "native": "dml",
-        "targets": "onnx_genai-smoke@smollm2-ort-dml-int4 onnx_genai-smoke@smollm2-ort-dml-fp16"}
-    ort = next(j for j in plan["build"] if j["job"] == "onnx_genai@smollm2")["targets"].split()
+    assert {k: windows[k] for k in ("job", "runs-on", "model", "native")} == {
+        "job": "dml@smollm2", "runs-on": "windows-latest", "model": "smollm2", "native": "dml"}
+    assert _names(windows["targets"]) == ["onnx_genai-smoke@smollm2-ort-dml-int4", "onnx_genai-smoke@smollm2-ort-dml-fp16"]
+    ort = _names(next(j for j in plan["build"] if j["job"] == "onnx_genai@smollm2")["targets"])
     assert "onnx_genai-export@smollm2-ort-dml-int4" in ort and "onnx_genai-smoke@smollm2-ort-dml-int4" not in ort
     assert "onnx_genai-smoke@smollm2-ort-cpu-int4" in ort
     jobs = [j for level in levels for j in plan[level]]
@@ -55,7 +61,7 @@ def test_the_plan_of_the_default_project_owns_every_stage_once_from_measurements
     ov = next(j for j in plan["build"] if j["job"] == "openvino@smollm2")
     quality = json.loads((ROOT / "metrics/smollm2/ov-fp16/quality.json").read_text())
     assert ov["peak_rss_gb"] >= round(quality["peak_rss_mb"] / 1e3, 2) and ov["pull_gb"] > 0.5  # the source and the IR
-    assert "reference@smollm2" in plan["assemble"][0]["restore"].split()
+    assert "reference@smollm2" in _names(plan["assemble"][0]["restore"])
 
 
 def _synthetic(tmp_path, config: str, dml: bool = True, variants: list[str] | None = None) -> Path:
@@ -71,7 +77,7 @@ def test_without_a_directml_runtime_target_the_dml_smokes_stay_on_linux(tmp_path
     plan = json.loads(_plan(_synthetic(tmp_path, "phi-3-mini-4k-instruct", dml=False), "--runner",
                             "linux-8core=32,300").stdout)
     assert plan["windows"] == []
-    ort = next(j for j in plan["build"] if j["job"] == "onnx_genai@phi3")["targets"].split()
+    ort = _names(next(j for j in plan["build"] if j["job"] == "onnx_genai@phi3")["targets"])
     assert ort.index("onnx_genai-export@phi3-ort-dml-int4") < ort.index("onnx_genai-smoke@phi3-ort-dml-int4") \
         < ort.index("onnx_genai-quality@phi3-ort-dml-int4")
 

@@ -132,12 +132,27 @@ def test_a_model_names_the_variants_it_builds(tmp_path, raw):
     p = params.load(_write(tmp_path, raw))
     assert p.variants_of("other") == [v for v in p.variants if v in ("ov-int4", "ort-cpu-int4")]  # params' order
     assert p.variants_of("smollm2") == list(p.variants)  # none named: every variant
-    builds = yaml.safe_load(params.builds_yaml(p))["builds"]
-    assert builds["onnx_genai"]["other-ort-cpu-int4"] == {"model": "other", "variant": "ort-cpu-int4"}
-    assert [k for k in builds["openvino"] if k.startswith("other-")] == ["other-ov-int4"]
-    assert set(builds) == {"openvino", "onnx_genai", "npu_library"}
-    # The repo's builds.yaml is what its params.yaml gives (the check stage fails otherwise).
-    assert (ROOT / "builds.yaml").read_text() == params.builds_yaml(params.load(ROOT / "params.yaml"))
+    build = yaml.safe_load(params.build_yaml(p, "other"))
+    assert build["builds"] == {"openvino": {"other-ov-int4": {"model": "other", "variant": "ov-int4"}},
+                               "onnx_genai": {"other-ort-cpu-int4": {"model": "other", "variant": "ort-cpu-int4"}},
+                               "npu_library": {}}
+    # its params: the values as params.yaml writes them, this model's and its variants' alone
+    assert build["models"] == {"other": raw["models"]["other"]}
+    assert build["variants"] == {"openvino": {"ov-int4": raw["variants"]["openvino"]["ov-int4"]},
+                                 "onnx_genai": {"ort-cpu-int4": raw["variants"]["onnx_genai"]["ort-cpu-int4"]},
+                                 "npu_library": {}}
+    assert (build["smoke"], build["quality"]) == (raw["smoke"], raw["quality"])
+
+
+def test_the_repo_has_every_models_dvc_files_as_params_yaml_gives_them():
+    """models/<model>/{dvc.yaml,build.yaml} are what params.yaml and models/stages.yaml give (`check` fails
+    otherwise), and no model's folder is left over."""
+    from pipeline import dvcfiles
+
+    p = params.load(ROOT / "params.yaml")
+    expected = dvcfiles.expected(p, ROOT)
+    assert {path: path.read_text() for path in expected} == expected
+    assert sorted(d.name for d in (ROOT / "models").iterdir() if d.is_dir()) == sorted(p.models)
 
 
 @pytest.mark.parametrize("chosen, message", [

@@ -25,15 +25,25 @@ def _params(models: dict, variants: list[str]) -> dict:
             "quality": quality, "native": {}}
 
 
+def _name(address: str) -> str:
+    """A stage's name without its dvc.yaml's path (models/<model>/dvc.yaml:): names are unique across the files."""
+    return address.rsplit(":", 1)[-1]
+
+
 def _changed_stages(proj) -> set[str]:
     """What `dvc status` finds stale, but for `check`, which is `always_changed` (it runs on every repro)."""
     out = project.dvc(proj, "status", "--json").stdout
-    return set(json.loads(out or "{}")) - {"check"}
+    return {_name(s) for s in json.loads(out or "{}")} - {"check"}
 
 
 def _ran(repro: str) -> list[str]:
     """The stages a `dvc repro` ran, but for `check`."""
-    return [s for s in re.findall(r"Running stage '([^']+)'", repro) if s != "check"]
+    return [_name(s) for s in re.findall(r"Running stage '([^']+)'", repro) if s != "check"]
+
+
+def _listed(proj) -> list[str]:
+    """Every stage DVC knows, in every dvc.yaml."""
+    return [_name(s) for s in project.dvc(proj, "stage", "list", "--all", "--name-only").stdout.split()]
 
 
 def test_two_models_side_by_side(tmp_path, tiny_models):
@@ -65,6 +75,9 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["variants"]["openvino"]["ov-int4"]["ratio"] = 0.8
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the value reaches each model's build.yaml, which `aipc repro` writes first (`check` rewrites it and fails once)
+    assert project.aipc(proj, "check", check=False).returncode == 1
+    assert project.aipc(proj, "check").returncode == 0
     assert _changed_stages(proj) == {
         f"openvino-{stage}@{model}-ov-int4" for stage in ("export", "smoke", "quality", "package") for model in models
     } | {"report"}
@@ -86,7 +99,7 @@ def test_one_models_failing_export_blocks_only_what_depends_on_it(tmp_path, tiny
     proj = project.make(tmp_path / "proj", _params(models, ["ov-fp16", "ort-cpu-int4"]))
     fsutil.write_json(proj / "metrics" / "gone" / "ov-fp16" / "quality.json", {"gate": {"cosine": 0.1}})  # stale
 
-    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    listed = _listed(proj)
     assert "onnx_genai-export@medium-ort-cpu-int4" in listed and not [s for s in listed if "medium-ov-fp16" in s]
     built = [("mini", "ov-fp16"), ("mini", "ort-cpu-int4"), ("long", "ov-fp16"), ("medium", "ort-cpu-int4")]
     targets = [f"{'openvino' if v.startswith('ov') else 'onnx_genai'}-quality@{m}-{v}" for m, v in built]
@@ -113,7 +126,7 @@ def test_one_models_failing_export_blocks_only_what_depends_on_it(tmp_path, tiny
     params["models"]["long"]["variants"] = ["ov-fp16"]
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     project.aipc(proj, "repro", *targets[:-1])
-    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    listed = _listed(proj)
     assert "onnx_genai-export@long-ort-cpu-int4" not in listed
     rows = {(r["model"], r["variant"]): r["status"] for r in json.loads(project.aipc(proj, "report") and
                                                                            (proj / "reports" / "quality.json").read_text())["rows"]}
@@ -126,7 +139,9 @@ def test_touching_one_backend_makes_only_its_stages_stale(tmp_path, tiny_model):
     variants = ["ov-int4", "ort-cpu-int4", "npu-lib-int8"]
     proj = project.make(tmp_path, _params({"mini": {"source": "local", "id": str(tiny_model)}}, variants))
     # Everything but the C++ runner (its wheel build is test_native's), which stays stale throughout.
-    project.dvc(proj, "repro", "--glob", "*-package@*")
+    project.aipc(proj, "repro", *(f"{b}-package@mini-{v}" for b, v in (("openvino", "ov-int4"),
+                                                                       ("onnx_genai", "ort-cpu-int4"),
+                                                                       ("npu_library", "npu-lib-int8"))))
     not_run = _changed_stages(proj)
     assert not_run == {"runner_wheel", "runner@mini", "report"}, not_run
     per_variant = {"openvino": "ov-int4", "onnx_genai": "ort-cpu-int4", "npu_library": "npu-lib-int8"}
@@ -213,7 +228,7 @@ def built(tmp_path_factory, tiny_model):
     """A project with one ONNX variant, built through packaging by plain `dvc repro`."""
     proj = project.make(tmp_path_factory.mktemp("built"), _params({"mini": {"source": "local", "id": str(tiny_model)}},
                                                                   ["ort-cpu-int4"]))
-    project.dvc(proj, "repro", "onnx_genai-package@mini-ort-cpu-int4")
+    project.dvc(proj, "repro", project.target(proj, "onnx_genai-package@mini-ort-cpu-int4"))
     return proj
 
 
@@ -223,7 +238,7 @@ def _snapshot(proj) -> dict[str, tuple[int, int]]:
     files = [p for top in ("artifacts", "metrics", "releases") for p in (proj / top).rglob("*") if p.is_file()
              and p.name != "params-valid.json"]
     return {p.relative_to(proj).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in [*files, proj / "dvc.lock"]}
+            for p in [*files, proj / "dvc.lock", *proj.glob("models/*/*")]}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -277,8 +292,10 @@ def test_debris_of_interrupted_runs_is_swept_and_failed_fetches_leave_nothing(bu
     partial = built / "artifacts" / "mini" / ".ort-cpu-int4.partial-999999"  # kill -9, outputs then restored
     partial.mkdir()
     (partial / "model.onnx").write_bytes(b"half")
-    project.dvc(built, "repro", "onnx_genai-smoke@mini-ort-cpu-int4")
-    assert not partial.exists()
+    lock_debris = built / "models" / "mini" / ".dvc.lock.partial-999999"  # a `dvc repro` killed mid-write
+    lock_debris.write_text("schema: '2.0'\nstages:\n")
+    project.dvc(built, "repro", project.target(built, "onnx_genai-smoke@mini-ort-cpu-int4"))
+    assert not partial.exists() and not lock_debris.exists()
 
     params = yaml.safe_load((built / "params.yaml").read_text())
     params["models"]["gone"] = {"source": "local", "id": str(built / "no-such-checkpoint")}
@@ -288,16 +305,29 @@ def test_debris_of_interrupted_runs_is_swept_and_failed_fetches_leave_nothing(bu
     assert not (other / "artifacts" / "gone").exists()
 
 
-def test_a_stale_builds_yaml_fails_the_check_and_is_rewritten(tmp_path):
-    """DVC reads builds.yaml before any stage runs; after an edit of a model's `variants:` the check stage finds
-    it stale, rewrites it and fails, so nothing is built from the old list."""
-    params = _params({"mini": {"source": "local", "id": str(tmp_path / "nowhere")}}, ["ov-fp16", "ort-cpu-int4"])
+def test_stale_model_dvc_files_fail_the_check_and_are_rewritten(tmp_path):
+    """DVC reads models/<model>/dvc.yaml and build.yaml before any stage runs; after an edit of a model's `variants:`
+    (or of models/stages.yaml) the check stage finds them stale, rewrites them and fails, so nothing is built from
+    the old list; a model removed from params.yaml loses its folder (its lock included)."""
+    models = {"mini": {"source": "local", "id": str(tmp_path / "nowhere")},
+              "gone": {"source": "local", "id": str(tmp_path / "nowhere")}}
+    params = _params(models, ["ov-fp16", "ort-cpu-int4"])
     proj = project.make(tmp_path / "proj", params)
+    (proj / "models" / "gone" / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     params["models"]["mini"]["variants"] = ["ort-cpu-int4"]
+    del params["models"]["gone"]
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = project.aipc(proj, "check", check=False)
-    assert proc.returncode == 1 and "builds.yaml was out of date with params.yaml" in proc.stderr, proc.stderr
-    assert "mini-ov-fp16" not in (proj / "builds.yaml").read_text()
+    assert proc.returncode == 1 and re.search(r"aipc: error: models/mini/build.yaml was out of date with params.yaml "
+                                              r"or models/stages.yaml \(2 file\(s\)", proc.stderr), proc.stderr
+    assert "mini-ov-fp16" not in (proj / "models" / "mini" / "build.yaml").read_text()
+    assert not (proj / "models" / "gone").exists()
     assert project.aipc(proj, "check").returncode == 0
-    listed = project.dvc(proj, "stage", "list", "--name-only").stdout.split()
+    listed = _listed(proj)
     assert "onnx_genai-export@mini-ort-cpu-int4" in listed and "openvino-export@mini-ov-fp16" not in listed
+
+    stages = proj / "models" / "stages.yaml"
+    stages.write_text(stages.read_text() + "\n# edited\n")
+    proc = project.aipc(proj, "check", check=False)
+    assert proc.returncode == 1 and "models/mini/dvc.yaml was out of date" in proc.stderr, proc.stderr
+    assert (proj / "models" / "mini" / "dvc.yaml").read_text() == stages.read_text()

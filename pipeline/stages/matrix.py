@@ -37,9 +37,10 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import dvcfiles
 from pipeline.errors import PipelineError
-from pipeline.layout import BUILDS
-from pipeline.params import Params, builds_yaml, configured
+from pipeline.layout import MODELS, STAGES
+from pipeline.params import Params, configured, validate
 
 GB = 1e9
 # Hosted runners (GitHub's documentation): 16 GB RAM; about 14 GB of free disk. `--runner NAME=RAM,DISK` adds one.
@@ -167,7 +168,7 @@ def _ownership(params: Params) -> tuple[list[Job], dict[str, tuple[str, str | No
 
 
 def _graph(root: Path) -> dict[str, tuple[list[str], list[tuple[str, bool]]]]:
-    """DVC's own view of dvc.yaml: stage -> (dep paths, [(out path, cached)])."""
+    """DVC's own view of dvc.yaml and every models/<model>/dvc.yaml: stage -> (dep paths, [(out path, cached)])."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
@@ -207,8 +208,9 @@ def _config(root: Path, model: str, spec) -> dict | None:
 
 def _measure(params: Params, root: Path, graph: dict, model_of: dict) -> dict[str, Stage]:
     lock = {}
-    if (root / "dvc.lock").is_file():
-        lock = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
+    for path in [root / "dvc.lock", *sorted((root / MODELS).glob("*/dvc.lock"))]:  # stage names are unique across them
+        if path.is_file():
+            lock.update((yaml.safe_load(path.read_text()) or {}).get("stages", {}))
     producer = {path: name for name, (_, outs) in graph.items() for path, _ in outs if name != "check"}
     configs: dict[str, dict | None] = {}
 
@@ -366,8 +368,11 @@ def plan(params: Params, root: Path, runners: dict[str, tuple[float, float]] | N
 
 
 def _render(params: Params, jobs: list[Job], stages: dict[str, Stage], refused: list[str]) -> dict:
+    def targets(names: list[str]) -> str:  # what `dvc repro` takes: a model's stage with its dvc.yaml's path
+        return " ".join(dvcfiles.address(params, n) for n in names)
+
     def entry(job: Job) -> dict:
-        return {"job": job.name, "runs-on": job.runs_on, **job.extra, "targets": " ".join(job.stages),
+        return {"job": job.name, "runs-on": job.runs_on, **job.extra, "targets": targets(job.stages),
                 "peak_rss_gb": round(job.rss_gb, 2), "disk_gb": round(job.disk_gb, 2),
                 "pull_gb": round(job.pull_gb, 3), "push_gb": round(job.push_gb, 3), "wall_s": round(job.wall_s),
                 **({"below_peak": job.below_peak} if job.below_peak else {}),
@@ -375,7 +380,7 @@ def _render(params: Params, jobs: list[Job], stages: dict[str, Stage], refused: 
 
     out = {level: [entry(j) for j in jobs if j.level == level] for level in LEVELS}
     for job, e in zip([j for j in jobs if j.level == "assemble"], out["assemble"]):
-        e["restore"] = " ".join(_upstream_of(job.stages, stages))
+        e["restore"] = targets(_upstream_of(job.stages, stages))
     if refused:
         out["refused"] = refused
     return out
@@ -409,16 +414,16 @@ def summary(plan_: dict) -> dict:
 
 def scale(params: Params, root: Path, n: int, like: str, runners: dict | None) -> dict:
     """The plan for `n` synthetic copies of the published config `like` x every variant in params.yaml, on paper:
-    a throw-away DVC project with that params.yaml and this dvc.yaml, nothing run."""
+    a throw-away DVC project with that params.yaml, this dvc.yaml and each model's, nothing run."""
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["models"] = {f"m{i:03d}": {"source": "synthetic", "id": like, "revision": f"seed:{i}"} for i in range(n)}
-    from pipeline.params import Params as P  # validated like any params.yaml
-
-    scaled = P.model_validate(raw)
+    scaled = validate(raw)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(root / "dvc.yaml", tmp)
+        Path(tmp, STAGES).parent.mkdir()
+        shutil.copy(root / STAGES, Path(tmp, STAGES))
         Path(tmp, "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        Path(tmp, BUILDS).write_text(builds_yaml(scaled))  # dvc.yaml's foreach reads it
+        dvcfiles.sync(scaled, Path(tmp))
         Path(tmp, ".dvc").mkdir()  # a DVC project outside git: all Repo() needs to read dvc.yaml
         Path(tmp, ".dvc", "config").write_text("[core]\n    no_scm = true\n")
         return plan(scaled, Path(tmp), runners, strict=False)

@@ -26,7 +26,7 @@ from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import LIMITS, limits_for, misses
 from pipeline.record import untimed
-from pipeline.layout import SOURCE, SOURCE_JSON
+from pipeline.layout import MODELS, SOURCE, SOURCE_JSON
 from pipeline.params import Thresholds
 
 MANIFEST = "manifest.json"
@@ -77,7 +77,7 @@ def commands(model_name: str, variant_name: str, variant) -> dict[str, str]:
     """The pipeline's commands for this artifact, and the equivalent upstream one-liner."""
     backend = backends.get(variant.backend)
     return {
-        "pipeline": f"dvc repro {variant.backend}-export@{model_name}-{variant_name}",
+        "pipeline": f"dvc repro {MODELS}/{model_name}/dvc.yaml:{variant.backend}-export@{model_name}-{variant_name}",
         "stages": "\n".join([
             f"aipc fetch {model_name}",
             *([f"aipc ir {model_name}"] if backend.NEEDS_IR else []),

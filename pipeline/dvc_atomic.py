@@ -1,0 +1,138 @@
+"""DVC's state files written whole or not at all, for every DVC run in this project's venv (plain `dvc repro` too).
+
+DVC 3.67 writes dvc.lock (and every YAML/JSON/TOML it saves: dvc/utils/serialize/_common.py `_dump_data`) and its
+run lock .dvc/tmp/rwlock (dvc/rwlock.py `_edit_rwlock`) by opening the file for writing and streaming into it. A
+process stopped in that window (SIGTERM from a CI cancel or `timeout`, Ctrl-C) leaves the file truncated: measured,
+a `dvc repro` stopped by SIGTERM left dvc.lock at 0 bytes, and the next run failed "'./dvc.lock' validation failed"
+with every stage recorded since the last commit to find again. Here both writes go to a temp file beside the
+target that is renamed over it, so a reader sees the old file or the new one. And a run stopped while DVC saved a
+stage to its run cache can leave that stage's run-cache folder empty, on which the next run's restore crashed
+("join() argument must be str ... not 'NoneType'", dvc/stage/cache.py `_load`); an empty folder is no entry.
+
+`make setup` installs this into the venv as a .pth line (install_pth()), which Python runs at start-up; it only registers an import hook, and the patch is applied when DVC's modules are first imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+PTH = "aipc_dvc_atomic.pth"
+
+
+def _temp(path: str) -> str:
+    # the name integrity.sweep removes when its process is gone (fsutil's staging names)
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def replacing(path: str):
+    """A text file to write that replaces `path` when the block ends without an exception."""
+    tmp = _temp(os.fspath(path))
+    try:
+        with open(tmp, "w", encoding="utf-8") as fd:
+            yield fd
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _local(fs) -> bool:
+    return fs is None or getattr(fs, "protocol", None) == "local"
+
+
+def _patch_serialize(module) -> None:
+    original = module._dump_data
+
+    def _dump_data(path, data, dumper, fs=None, **dumper_args):
+        if not _local(fs):
+            return original(path, data, dumper, fs=fs, **dumper_args)
+        with replacing(path) as fd:
+            return dumper(data, fd, **dumper_args)
+
+    module._dump_data = _dump_data
+
+
+def _patch_rwlock(module) -> None:
+    json, defaultdict = module.json, module.defaultdict
+
+    @contextlib.contextmanager
+    def _edit_rwlock(lock_dir, fs, hardlink):  # dvc/rwlock.py's, with the write through replacing()
+        path = fs.join(lock_dir, module.RWLOCK_FILE)
+        with module.make_lock(fs.join(lock_dir, module.RWLOCK_LOCK), tmp_dir=lock_dir, hardlink_lock=hardlink):
+            try:
+                with fs.open(path, encoding="utf-8") as fobj:
+                    lock = module.SCHEMA(json.load(fobj))
+            except FileNotFoundError:
+                lock = module.SCHEMA({})
+            except json.JSONDecodeError as exc:
+                raise module.RWLockFileCorruptedError(path) from exc
+            except module.Invalid as exc:
+                raise module.RWLockFileFormatError(path) from exc
+            lock["read"] = defaultdict(list, lock["read"])
+            lock["write"] = defaultdict(dict, lock["write"])
+            yield lock
+            with replacing(path) if _local(fs) else fs.open(path, "w", encoding="utf-8") as fobj:
+                json.dump(lock, fobj)
+
+    module._edit_rwlock = _edit_rwlock
+
+
+def _patch_stage_cache(module) -> None:
+    original = module.StageCache._load_cache
+
+    def _load_cache(self, key, value):
+        return None if value is None else original(self, key, value)  # value: the newest entry, None if none
+
+    module.StageCache._load_cache = _load_cache
+
+
+PATCHES = {"dvc.utils.serialize._common": _patch_serialize, "dvc.rwlock": _patch_rwlock,
+           "dvc.stage.cache": _patch_stage_cache}
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds DVC's modules as usual, then patches each after it has run."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in PATCHES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def patched(module):
+            exec_module(module)
+            PATCHES[name](module)
+            module.__aipc_atomic__ = True
+
+        spec.loader.exec_module = patched
+        return spec
+
+
+def install_hook() -> None:
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+def install_pth() -> str:
+    """Write the .pth line into this interpreter's site-packages (a venv's own, under `make setup`). Python runs a
+    .pth line that starts with `import` at every start-up; an environment without this package skips it quietly."""
+    import sysconfig
+
+    path = os.path.join(sysconfig.get_paths()["purelib"], PTH)
+    with open(path, "w") as f:
+        f.write('import sys; exec("try:\\n from pipeline import dvc_atomic\\nexcept ImportError:\\n pass\\nelse:\\n '
+                'dvc_atomic.install_hook()")\n')
+    return path
+
