@@ -13,14 +13,14 @@ setup: $(VENV)/.installed $(NPU_VENV)/.aipc-npu-ready
 # torch first, pinned to the CPU build where one is at hand (`pip install torch==2.13.0`); optimum-intel last and
 # without its dependencies: it requires torchvision, which would pull a CUDA torch of several GB that the OpenVINO
 # export never imports. Everything else optimum-intel needs is in pyproject.toml. Last, the .pth line that makes every
-# DVC run in the venv write its lock files whole or not at all (pipeline/dvc_atomic.py).
-$(VENV)/.installed: pyproject.toml pipeline/dvc_atomic.py
+# DVC run in the venv write its lock files whole or not at all (pipeline/dvcpatch.py).
+$(VENV)/.installed: pyproject.toml pipeline/dvcpatch.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps "optimum-intel==2.2.0"
-	$(BIN)/python -c "from pipeline import dvc_atomic; print(dvc_atomic.install_pth())"
+	$(BIN)/python -c "from pipeline import dvcpatch; print(dvcpatch.install_pth())"
 	touch $@
 
 # Builds the library offline from its sdist against the openvino 2024.4 wheel (pipeline/backends/npu_library/env/create.py says how).

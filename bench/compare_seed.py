@@ -7,8 +7,9 @@ Seed (each a fresh process, into a temp dir):
   b) optimum-cli export openvino ... --weight-format int4 --group-size 128 --ratio 0.6 --sym
      --group-size-fallback adjust
   c) python -m onnxruntime_genai.models.builder -p int4 -e cpu
-Ours, in PROJECT (it rewrites that project's artifacts, metrics and dvc.lock: give it a scratch copy):
-  dvc repro --force --single-item ir@<model> openvino-export@<model>-ov-fp16 openvino-export@<model>-ov-int4 onnx_genai-export@<model>-ort-cpu-int4
+Ours, in PROJECT (it rewrites that project's artifacts, metrics and dvc.lock files: give it a scratch copy):
+  dvc repro --force --single-item models/<model>/dvc.yaml:{ir@<model>, openvino-export@<model>-ov-fp16,
+  openvino-export@<model>-ov-int4, onnx_genai-export@<model>-ort-cpu-int4}
 (--single-item: --force alone would also re-run fetch.) A `dvc status` first, untimed, so DVC's hash cache of the
 source checkpoint is warm and the timing is the stages', not a one-off rehash of a freshly copied tree.
 Prints each command's wall time and peak RSS, both totals, their ratio, and the 1-minute load average at start and end.
@@ -40,8 +41,9 @@ def seed_commands(src: Path, out: Path) -> list[tuple[str, list[str]]]:
 
 
 def ours_command(model: str) -> list[str]:
-    stages = [f"ir@{model}", f"openvino-export@{model}-ov-fp16", f"openvino-export@{model}-ov-int4", f"onnx_genai-export@{model}-ort-cpu-int4"]
-    return [str(BIN / "dvc"), "repro", "--force", "--single-item", *stages]
+    stages = [f"ir@{model}", f"openvino-export@{model}-ov-fp16", f"openvino-export@{model}-ov-int4",
+              f"onnx_genai-export@{model}-ort-cpu-int4"]
+    return [str(BIN / "dvc"), "repro", "--force", "--single-item", *(f"models/{model}/dvc.yaml:{s}" for s in stages)]
 
 
 def timed(label: str, cmd: list[str], cwd: Path | None = None) -> float:
@@ -69,7 +71,7 @@ def main() -> None:
     project = args.project.resolve()
     src = project / "artifacts" / args.model / "source"
     if not (src / "config.json").is_file():
-        sys.exit(f"{src}: no checkpoint; run `dvc repro fetch@{args.model}` first")
+        sys.exit(f"{src}: no checkpoint; run `aipc repro fetch@{args.model}` first")
 
     load0 = os.getloadavg()[0]
     print(f"load average (1 min) at start: {load0:.2f} on {os.cpu_count()} cores", flush=True)

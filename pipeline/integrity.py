@@ -127,7 +127,7 @@ def repair(root: Path) -> list[Path]:
 def sweep(root: Path) -> list[Path]:
     """Remove what interrupted runs left: staging dirs (.<name>.partial-<pid>) of processes no longer alive (a killed
     stage whose outputs DVC later restored from its run cache never ran the sweep in fsutil.staged_dir; DVC's lock
-    files half-written by a killed `dvc repro`, pipeline/dvc_atomic.py) and model dirs left empty."""
+    files half-written by a killed `dvc repro`, pipeline/dvcpatch.py) and model dirs left empty."""
     removed = []
     root = Path(root)
     staged = [p for tree in TREES for p in (root / tree).glob("*/.*.partial-*")]

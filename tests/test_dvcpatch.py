@@ -1,4 +1,5 @@
-"""DVC's lock files survive a stopped run: pipeline/dvc_atomic.py, as `make setup` installs it into the venv."""
+"""DVC as pipeline/dvcpatch.py patches it for the venv (`make setup`): lock files survive a stopped run, and a params
+file is parsed once per process but never stale."""
 
 from __future__ import annotations
 
@@ -17,10 +18,23 @@ STAGES = 6
 
 def test_the_venv_runs_dvc_with_the_patch():
     """Every Python of the venv, `dvc` included, gets the patch from the .pth line `make setup` writes."""
-    code = ("import importlib; from pipeline.dvc_atomic import PATCHES; "
-            "print(*(getattr(importlib.import_module(m), '__aipc_atomic__', False) for m in PATCHES))")
+    code = ("import importlib; from pipeline.dvcpatch import PATCHES; "
+            "print(*(getattr(importlib.import_module(m), '__aipc_patched__', False) for m in PATCHES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True"] * 3, "the venv lacks aipc_dvc_atomic.pth: run `make setup`"
+    assert out.split() == ["True"] * 4, "the venv lacks aipc_dvcpatch.pth: run `make setup`"
+
+
+def test_a_params_file_is_parsed_once_but_read_anew_when_it_changes(tmp_path):
+    from dvc.dependency import param
+    from dvc.fs import localfs
+
+    path = tmp_path / "build.yaml"
+    path.write_text("variants: {ov-int4: {ratio: 0.6}}\n")
+    first = param.read_param_file(localfs, str(path), ["variants.ov-int4"])
+    first["variants"]["ov-int4"]["ratio"] = 0.1  # a caller's copy is its own
+    assert param.read_param_file(localfs, str(path), ["variants.ov-int4"]) == {"variants": {"ov-int4": {"ratio": 0.6}}}
+    path.write_text("variants: {ov-int4: {ratio: 0.8}}\n")  # same size, a new mtime
+    assert param.read_param_file(localfs, str(path), ["variants.ov-int4"]) == {"variants": {"ov-int4": {"ratio": 0.8}}}
 
 
 def test_a_dump_that_dies_midway_leaves_the_old_file(tmp_path):

@@ -1,4 +1,7 @@
-"""DVC's state files written whole or not at all, for every DVC run in this project's venv (plain `dvc repro` too).
+"""DVC 3.67 as this project runs it, for every DVC process in the venv (plain `dvc repro` too): its state files
+written whole or not at all, and a stage's params file parsed once per process, not once per stage.
+
+Whole or not at all.
 
 DVC 3.67 writes dvc.lock (and every YAML/JSON/TOML it saves: dvc/utils/serialize/_common.py `_dump_data`) and its
 run lock .dvc/tmp/rwlock (dvc/rwlock.py `_edit_rwlock`) by opening the file for writing and streaming into it. A
@@ -15,12 +18,13 @@ stage to its run cache can leave that stage's run-cache folder empty, on which t
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.abc
 import importlib.util
 import os
 import sys
 
-PTH = "aipc_dvc_atomic.pth"
+PTH = "aipc_dvcpatch.pth"
 
 
 def _temp(path: str) -> str:
@@ -92,8 +96,24 @@ def _patch_stage_cache(module) -> None:
     module.StageCache._load_cache = _load_cache
 
 
+def _patch_params(module) -> None:
+    original = module.load_path
+    parsed: dict[tuple, object] = {}
+
+    def load_path(path, fs, **kwargs):
+        if not _local(fs):
+            return original(path, fs, **kwargs)
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, tuple(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = original(path, fs, **kwargs)
+        return copy.deepcopy(parsed[key])  # callers keep and compare what they get; none shares another's
+
+    module.load_path = load_path
+
+
 PATCHES = {"dvc.utils.serialize._common": _patch_serialize, "dvc.rwlock": _patch_rwlock,
-           "dvc.stage.cache": _patch_stage_cache}
+           "dvc.stage.cache": _patch_stage_cache, "dvc.dependency.param": _patch_params}
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -114,7 +134,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         def patched(module):
             exec_module(module)
             PATCHES[name](module)
-            module.__aipc_atomic__ = True
+            module.__aipc_patched__ = True
 
         spec.loader.exec_module = patched
         return spec
@@ -132,7 +152,7 @@ def install_pth() -> str:
 
     path = os.path.join(sysconfig.get_paths()["purelib"], PTH)
     with open(path, "w") as f:
-        f.write('import sys; exec("try:\\n from pipeline import dvc_atomic\\nexcept ImportError:\\n pass\\nelse:\\n '
-                'dvc_atomic.install_hook()")\n')
+        f.write('import sys; exec("try:\\n from pipeline import dvcpatch\\nexcept ImportError:\\n pass\\nelse:\\n '
+                'dvcpatch.install_hook()")\n')
     return path
 
