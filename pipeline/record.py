@@ -86,11 +86,15 @@ def _elapsed(seconds: float) -> str:
 
 
 def untimed(record):
-    """`record` without its timings (`seconds`, `*_s`, `phases`), at any depth: what is kept with an artifact must come
-    out the same for the same bytes (npu-lib's compile_s and reload.load_s made two bit-identical builds'
-    provenance.json differ; the native build's seconds made its output a new DVC object on every run)."""
+    """`record` without its timings (`seconds`, `*_s`, `*_seconds`, `phases`) and what says how warm a cache was
+    (`*_reused`), at any depth: what is kept with an artifact must come out the same for the same bytes (npu-lib's
+    compile_s and reload.load_s made two bit-identical builds' provenance.json differ; the native build's seconds made
+    its output a new DVC object on every run; ov-int4-calib's compress_seconds made its release differ between a
+    fresh clone and the lock, and statistics_reused would between a machine with NNCF's statistics cached and one
+    without)."""
     if isinstance(record, dict):
-        return {k: untimed(v) for k, v in record.items() if k not in ("seconds", "phases") and not k.endswith("_s")}
+        return {k: untimed(v) for k, v in record.items()
+                if k not in ("seconds", "phases") and not k.endswith(("_s", "_seconds", "_reused"))}
     if isinstance(record, list):
         return [untimed(v) for v in record]
     return record

@@ -144,3 +144,13 @@ def test_a_gate_miss_is_refused_when_enforced_and_shown_otherwise(tmp_path):
     package.run("m", "ov-int4", tinyrelease.OV_INT4, paths["artifact"], paths["source"], paths["metrics"],
                 tmp_path / "rel", thresholds=strict)
     assert "Gate: missed: cosine" in (tmp_path / "rel/README.md").read_text()
+
+
+def test_provenance_keeps_no_timing_or_cache_state():
+    """What a release keeps must come out the same for the same bytes: ov-int4-calib's export record carries how long
+    NNCF took and whether its statistics came from the cache."""
+    from pipeline.record import untimed
+
+    record = {"method": "NNCF", "calibration": {"compress_seconds": 13.8, "statistics_reused": True, "samples": 32,
+                                                "statistics": "6ce8"}, "phases": [["read", 1.0]], "export_s": 3.0}
+    assert untimed(record) == {"method": "NNCF", "calibration": {"samples": 32, "statistics": "6ce8"}}
