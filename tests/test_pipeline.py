@@ -109,7 +109,7 @@ def test_one_models_failing_export_blocks_only_what_depends_on_it(tmp_path, tiny
     last = proc.stderr.strip().splitlines()[-1]
     assert re.match(r"aipc: error: dvc repro failed \(exit \d+\); 1 of 5 model x variant builds did not complete: "
                     r"long/ort-cpu-int4: aipc export long ort-cpu-int4: export long-ort-cpu-int4: ", last), last
-    assert "attention_factor" in last and "failed to reproduce 'onnx_genai-export@long-ort-cpu-int4'" in proc.stderr
+    assert "attention_factor" in last and "failed to reproduce 'models/long/dvc.yaml:onnx_genai-export@long-ort-cpu-int4'" in proc.stderr
 
     for model, variant in built:
         assert json.loads((proj / "metrics" / model / variant / "quality.json").read_text())["gate"]["cosine"] > 0.5
