@@ -165,10 +165,11 @@ def lock_hashes(project: Path, prefixes=("artifacts/", "releases/")) -> dict[str
 
 
 def single_machine(origin: Path, workdir: Path, metrics_from: Path) -> tuple[Path, float]:
-    """`dvc repro` in one clone (no remote); then packages and report again from `metrics_from`'s measurements."""
+    """`dvc repro --all-pipelines` in one clone (no remote); then packages and report again from `metrics_from`'s measurements."""
     where = clone(origin, workdir / "single-machine")
     started = time.monotonic()
-    subprocess.run([str(BIN / "dvc"), "repro"], cwd=where, env=env(), check=True, capture_output=True)
+    subprocess.run([str(BIN / "dvc"), "repro", "--all-pipelines"], cwd=where, env=env(), check=True,
+                   capture_output=True)
     wall = time.monotonic() - started
     shutil.rmtree(where / "metrics")
     shutil.copytree(metrics_from / "metrics", where / "metrics")
@@ -179,7 +180,8 @@ def single_machine(origin: Path, workdir: Path, metrics_from: Path) -> tuple[Pat
     writers = [n for n in names if n not in ("check", "report") and "-package@" not in n]  # addressed: path:name
     subprocess.run([str(BIN / "dvc"), "commit", "-f", "-q", *writers], cwd=where, env=env(), check=True,
                    capture_output=True)
-    done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=where, env=env(), capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "dvc"), "repro", "--all-pipelines"], cwd=where, env=env(), capture_output=True,
+                          text=True)
     if done.returncode:
         raise RuntimeError(f"single machine, repackaged: {done.stdout[-2000:]}{done.stderr[-2000:]}")
     rerun = {s for s in RAN.findall(done.stdout) if s != "check"}

@@ -144,7 +144,8 @@ def repro(params, layout, targets: list[str]) -> None:
     from pipeline import dvcfiles
 
     dvcfiles.sync(params, layout.root)
-    targets = [dvcfiles.address(params, t) for t in targets]
+    # no targets: every dvc.yaml's stages (the root file's alone would leave the packages out)
+    targets = [dvcfiles.address(params, t) for t in targets] or ["--all-pipelines"]
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--keep-going", *targets], cwd=layout.root)
     if done.returncode == 0:
         return

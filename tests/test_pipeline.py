@@ -52,7 +52,7 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
         "medium": {"source": "local", "id": str(tiny_models["medium-4k"])},
     }
     proj = project.make(tmp_path, _params(models, ["ov-int4", "ort-cpu-int4"]))
-    project.dvc(proj, "repro")
+    project.dvc(proj, "repro", "--all-pipelines")  # the root dvc.yaml's alone would leave the packages out
 
     for model in models:
         for variant in ("ov-int4", "ort-cpu-int4"):
@@ -68,7 +68,7 @@ def test_two_models_side_by_side(tmp_path, tiny_models):
 
     # Nothing changed: a second repro runs no stage.
     assert _changed_stages(proj) == set()
-    second = project.dvc(proj, "repro")
+    second = project.dvc(proj, "repro", "--all-pipelines")
     assert _ran(second.stdout) == []
 
     # One variant's knob: only that variant's stages, for every model, go stale.
@@ -201,7 +201,7 @@ def test_unknown_model_or_variant(tmp_path, tiny_model):
 def test_default_pipeline_end_to_end(tmp_path):
     """The README's first command on the embedded default, in a fresh copy of the project."""
     proj = project.make(tmp_path)
-    run = project.dvc(proj, "repro")
+    run = project.aipc(proj, "repro")
     print(run.stdout[-3000:])
     params = yaml.safe_load((proj / "params.yaml").read_text())
     for variant in [name for group in params["variants"].values() for name in group]:
@@ -220,7 +220,7 @@ def test_default_pipeline_end_to_end(tmp_path):
     report = json.loads((proj / "reports" / "quality.json").read_text())
     assert report["misses"] == []
     assert _changed_stages(proj) == set()
-    assert _ran(project.dvc(proj, "repro").stdout) == []
+    assert _ran(project.aipc(proj, "repro").stdout) == []
 
 
 @pytest.fixture(scope="module")
