@@ -172,7 +172,7 @@ def test_dvc_remote_push_clone_pull_is_up_to_date(tmp_path, tiny_model):
     proj = project.make(tmp_path / "site", params)
     remote = tmp_path / "remote"
     project.dvc(proj, "remote", "add", "-d", "local", str(remote))
-    target = "onnx_genai-package@mini-ort-cpu-int4"
+    target = project.target(proj, "onnx_genai-package@mini-ort-cpu-int4")  # models/mini/dvc.yaml:...
     project.dvc(proj, "repro", target)
     package.verify(proj / "releases/mini/ort-cpu-int4")
     publish.dvc_push(proj, "local")  # what `aipc publish --dvc-remote local` runs
