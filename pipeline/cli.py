@@ -115,9 +115,7 @@ def check(params, layout, out: Path | None = None) -> None:
     """`aipc check [--out FILE]`: params.yaml is valid (load() raised otherwise), no output was changed in place,
     and interrupted runs left nothing behind. The stage writes FILE, whose bytes never change, so running it on every
     `dvc repro` reruns nothing downstream."""
-    from pipeline import fsutil, integrity
-
-    from pipeline import dvcfiles
+    from pipeline import dvcfiles, fsutil, integrity
 
     changed = dvcfiles.sync(params, layout.root)
     if changed:
