@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHORT = {"phi-3-mini-4k-instruct": "mini4k", "phi-3-mini-128k-instruct": "mini128k",
          "phi-3.5-mini-instruct": "mini35", "phi-3-medium-4k-instruct": "medium4k"}
-ROUTES = ("openvino", "onnx_genai", "npu_library")
+ROUTES = ("openvino", "onnx_genai", "npu_library", "openvino_ep")  # openvino_ep after the IRs it wraps
 
 
 def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str:

@@ -179,6 +179,31 @@ class Params(Strict):
                                  f"{other[1]!r} both give the stage name ...@{model}-{name}; rename one")
         return self
 
+    @model_validator(mode="after")
+    def _wrapped_variants(self) -> Params:
+        # A variant whose export reads another variant's artifact (the OpenVINO EP wraps an OpenVINO IR) needs that
+        # variant built for the same model, and is the same precision family: the gate applies the same thresholds.
+        for model, name in self.builds():
+            variant = self.variants[name]
+            for made in self.wrapped(name):
+                if made not in self.variants:
+                    raise ValueError(f"variant {name}: wraps {made!r}, which is not a variant"
+                                     f"{_closest(made, self.variants)} (params.yaml variants: "
+                                     f"{', '.join(self.variants)})")
+                if made not in self.variants_of(model):
+                    raise ValueError(f"models.{model} builds {name}, which wraps {made}, but not {made}: add it to "
+                                     f"models.{model}.variants")
+                if self.variants[made].family != variant.family:
+                    raise ValueError(f"variant {name} ({variant.family}) wraps {made}, which is "
+                                     f"{self.variants[made].family}")
+        return self
+
+    def wrapped(self, name: str) -> list[str]:
+        """The other variants whose artifacts variant `name`'s export reads (its backend's inputs that are not
+        artifacts of the model's own stages, such as the FP16 IR)."""
+        variant = self.variants[name]
+        return [made for made in get(variant.backend).inputs(variant) if made not in RESERVED_VARIANTS]
+
     def variants_of(self, model: str) -> list[str]:
         """The variants `model` builds, in params.yaml's order."""
         chosen = self.models[model].variants
@@ -336,7 +361,9 @@ def build_yaml(params: Params, model: str) -> str:
     values: dict[str, dict] = {b: {} for b in BACKENDS}
     for name in built:
         backend = params.variants[name].backend
-        groups[backend][f"{model}-{name}"] = {"model": model, "variant": name}
+        # `wraps`: the artifact its export reads besides the checkpoint, as a dependency of its stages.
+        groups[backend][f"{model}-{name}"] = {"model": model, "variant": name,
+                                              **{"wraps": made for made in params.wrapped(name)}}
         values[backend][name] = raw["variants"][backend][name]
     data = {"builds": groups, "models": {model: raw["models"][model]}, "variants": values,
             "smoke": raw["smoke"], "quality": raw["quality"]}

@@ -52,7 +52,7 @@ def exported(tiny_models, tmp_path_factory):
         if (kind, name) not in done:
             out = base / f"{kind}-{name}"
             out.mkdir()
-            done[kind, name] = out, onnx_genai.export(tiny_models[kind], VARIANTS[name], out, ir_fp16=None, smoke=SMOKE)
+            done[kind, name] = out, onnx_genai.export(tiny_models[kind], VARIANTS[name], out, inputs={}, smoke=SMOKE)
         return done[kind, name]
 
     return get
@@ -160,7 +160,7 @@ def test_transformers5_longrope_config_builds_the_legacy_graph(kind, form, resav
     assert ("original_max_position_embeddings" in config) == (form != "original-in-rope_parameters")
     out = tmp_path / "out"
     out.mkdir()
-    record = onnx_genai.export(source, VARIANTS["ort-cpu-int4"], out, ir_fp16=None, smoke=SMOKE)
+    record = onnx_genai.export(source, VARIANTS["ort-cpu-int4"], out, inputs={}, smoke=SMOKE)
     assert record.get("config_translated") == (None if form == "resaved" else TRANSLATED)
     # Byte for byte what the legacy config.json builds (nothing the builder writes depends on the source's path).
     legacy, legacy_record = exported(kind, "ort-cpu-int4")
@@ -176,7 +176,7 @@ def test_transformers5_longrope_past_the_original_context(resaved, tiny_models, 
     np.testing.assert_array_equal(want, torch_logits(tiny_models["mini-128k"], ids))  # torch reads both alike
     out = tmp_path / "out"
     out.mkdir()
-    record = onnx_genai.export(source, VARIANTS["ort-dml-fp16"], out, ir_fp16=None, smoke=SMOKE)
+    record = onnx_genai.export(source, VARIANTS["ort-dml-fp16"], out, inputs={}, smoke=SMOKE)
     assert record["config_translated"] == TRANSLATED
     assert cosine(onnx_genai.logits(out, VARIANTS["ort-dml-fp16"], ids), want) >= 0.9999
 
@@ -186,7 +186,7 @@ def test_longrope_scale_the_builder_ignores_fails_in_one_line(rope, resaved, tmp
     source, _ = resaved("mini-128k", legacy_type=False, **rope)
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match=r"rope_parameters factor/attention_factor .* builder's longrope") as err:
-        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
+        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", inputs={}, smoke=SMOKE)
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "out").iterdir())
 
@@ -204,7 +204,7 @@ def test_quantization_options_reach_the_graph(tiny_models, tmp_path):
         backend="onnx_genai", precision="int4", execution_provider="cpu", block_size=64, is_symmetric=False,
         accuracy_level=1,
     )
-    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, ir_fp16=None, smoke=SMOKE)
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, inputs={}, smoke=SMOKE)
     assert record["extra_options"] == {
         "hf_token": "false", "windowed_kv_cache": "false", "block_size": "64", "is_symmetric": "false",
         "accuracy_level": "1",
@@ -224,7 +224,7 @@ def test_algo_config_reaches_the_graph(algo, tiny_models, tmp_path):
     # whatever is_symmetric says, so it is only accepted asymmetric.
     variant = OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu", algo_config=algo,
                                is_symmetric=algo.startswith("rtn"))
-    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, ir_fp16=None, smoke=SMOKE)
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, inputs={}, smoke=SMOKE)
     assert record["extra_options"]["algo_config"] == algo
     nodes = {n.name: n for n in onnx.load(tmp_path / "model.onnx", load_external_data=False).graph.node
              if n.op_type == "MatMulNBits"}
@@ -248,7 +248,7 @@ def test_lm_head_mistaken_by_builder_is_caught(tmp_path):
         source = tiny.build("mini-4k", tmp_path / "src")
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match="reads '/model/layers.0/.*not the final norm") as err:
-        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
+        onnx_genai.export(source, VARIANTS["ort-cpu-int4"], tmp_path / "out", inputs={}, smoke=SMOKE)
     assert "\n" not in str(err.value)
 
 
@@ -289,7 +289,7 @@ def test_export_needs_a_checkpoint_dir(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "out").mkdir()
     with pytest.raises(PipelineError, match="no config.json") as err:
-        onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out", ir_fp16=None, smoke=SMOKE)
+        onnx_genai.export(tmp_path / "src", VARIANTS["ort-cpu-int4"], tmp_path / "out", inputs={}, smoke=SMOKE)
     assert "\n" not in str(err.value)
     assert not any((tmp_path / "out").iterdir())
 
@@ -315,7 +315,7 @@ variant = OnnxGenaiVariant(backend="onnx_genai", precision={precision!r}, execut
 src = Path({str(src)!r})
 """
     calls = {
-        "ours": "builder.export(src, variant, out, ir_fp16=None, smoke=None)",
+        "ours": "builder.export(src, variant, out, inputs={}, smoke=None)",
         "theirs": """
 from onnxruntime_genai.models import builder as b
 args = (None, str(src), str(out), variant.precision, variant.execution_provider, str(out / "cache"))

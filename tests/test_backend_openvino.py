@@ -14,6 +14,7 @@ from pipeline.backends import openvino as backend
 from pipeline.backends.openvino import calibration, readback
 from pipeline.backends.openvino.convert import TOKENIZER_IRS
 from pipeline.errors import PipelineError
+from pipeline.layout import IR_FP16
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.params import Prompt, SmokeParams
 from tests import tiny
@@ -62,7 +63,7 @@ def artifacts(tiny_models, fp16_irs, tmp_path_factory) -> dict:
     for kind, src in tiny_models.items():
         for name, variant in VARIANTS.items():
             out = _empty_dir(base / kind / name)
-            made[kind, name] = (out, backend.export(src, variant, out, ir_fp16=fp16_irs[kind][0], smoke=SMOKE))
+            made[kind, name] = (out, backend.export(src, variant, out, inputs={IR_FP16: fp16_irs[kind][0]}, smoke=SMOKE))
     return made
 
 
@@ -164,7 +165,7 @@ def test_export_records_the_weight_precisions_read_back(kind, artifacts):
 
 def test_readback_rejects_asymmetric_weights_for_a_sym_variant(tiny_model, fp16_irs, tmp_path):
     asym = VARIANTS["ov-int4"].model_copy(update={"sym": False})
-    record = backend.export(tiny_model, asym, tmp_path, ir_fp16=fp16_irs["mini-4k"][0], smoke=SMOKE)
+    record = backend.export(tiny_model, asym, tmp_path, inputs={IR_FP16: fp16_irs["mini-4k"][0]}, smoke=SMOKE)
     assert "u4" in record["weights"]["element_types"]
     with pytest.raises(PipelineError, match=r"int4 sym variant but int4 weights are u4 with zero points") as err:
         readback.weight_precisions(tmp_path / readback.MODEL_XML, VARIANTS["ov-int4"])
@@ -180,7 +181,7 @@ def test_readback_rejects_fp16_weights_for_int4(fp16_irs):
 def test_group_size_fallback_adjust_is_recorded(odd_width_model, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"ratio": 1.0, "group_size_fallback": "adjust"})
     out = _empty_dir(tmp_path / "out")
-    weights = backend.export(odd_width_model, variant, out, ir_fp16=None, smoke=SMOKE)["weights"]  # FP16 IR made on the way
+    weights = backend.export(odd_width_model, variant, out, inputs={}, smoke=SMOKE)["weights"]  # FP16 IR made on the way
     # qkv, o and gate_up read 192 channels: group 64; down_proj reads 384: group 128. Two layers each.
     assert weights["group_sizes"] == {"-1": 2, "128": 2, "64": 6}
     assert len(weights["fallbacks"]) == 6
@@ -194,13 +195,13 @@ def test_group_size_fallback_error_is_one_line(odd_width_model, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"group_size_fallback": "error"})
     # Only the layers NNCF's ratio picks for int4 must take the group: here 2 of the 6 with 192 channels.
     with pytest.raises(PipelineError, match=r"group size 128 does not divide the input channels of \d+ layers") as err:
-        backend.export(odd_width_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=tmp_path / "ir", smoke=SMOKE)
+        backend.export(odd_width_model, variant, _empty_dir(tmp_path / "out"), inputs={IR_FP16: tmp_path / "ir"}, smoke=SMOKE)
     assert "\n" not in str(err.value)
 
 
 def test_retrace_from_checkpoint_gives_the_same_precisions(tiny_model, artifacts, tmp_path):
     variant = VARIANTS["ov-int4"].model_copy(update={"from_fp16_ir": False})
-    record = backend.export(tiny_model, variant, tmp_path, ir_fp16=None, smoke=SMOKE)
+    record = backend.export(tiny_model, variant, tmp_path, inputs={}, smoke=SMOKE)
     derived_dir, derived = artifacts["mini-4k", "ov-int4"]
     assert record["method"].startswith("optimum-intel export with weight quantization")
     assert record["weights"] == derived["weights"]
@@ -270,7 +271,7 @@ def calibrated(tiny_model, fp16_irs, tmp_path_factory) -> dict:
         for name, update in {"rtn": {}, **DATA_AWARE}.items():
             out = _empty_dir(base / name)
             variant = RTN.model_copy(update=update)
-            made[name] = (out, backend.export(tiny_model, variant, out, ir_fp16=fp16_irs["mini-4k"][0], smoke=SMOKE))
+            made[name] = (out, backend.export(tiny_model, variant, out, inputs={IR_FP16: fp16_irs["mini-4k"][0]}, smoke=SMOKE))
     finally:
         os.environ.pop("AIPC_STATISTICS_CACHE") if saved is None else os.environ.update(AIPC_STATISTICS_CACHE=saved)
     return made
@@ -331,7 +332,7 @@ def test_reused_statistics_give_the_same_bytes(tiny_model, fp16_irs, calibrated,
     # A cold cache (computed) and a warm one (loaded) must compress to the same weights.
     monkeypatch.setenv("AIPC_STATISTICS_CACHE", str(tmp_path / "cold"))
     variant = RTN.model_copy(update=DATA_AWARE["awq+scale_estimation"])
-    cold = backend.export(tiny_model, variant, _empty_dir(tmp_path / "a"), ir_fp16=fp16_irs["mini-4k"][0], smoke=SMOKE)
+    cold = backend.export(tiny_model, variant, _empty_dir(tmp_path / "a"), inputs={IR_FP16: fp16_irs["mini-4k"][0]}, smoke=SMOKE)
     assert cold["calibration"]["statistics_reused"] is False
     assert _weights(tmp_path / "a") == _weights(calibrated["awq+scale_estimation"][0])
     assert list((tmp_path / "cold").iterdir()) == [tmp_path / "cold" / cold["calibration"]["statistics"]]
@@ -349,7 +350,7 @@ def test_calibration_never_opens_a_network_connection(tiny_model, fp16_irs, tmp_
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("AIPC_STATISTICS_CACHE", str(tmp_path / "statistics"))
     variant = RTN.model_copy(update=dict(CALIBRATION, awq=True, scale_estimation=True, gptq=False))
-    record = backend.export(tiny_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=fp16_irs["mini-4k"][0],
+    record = backend.export(tiny_model, variant, _empty_dir(tmp_path / "out"), inputs={IR_FP16: fp16_irs["mini-4k"][0]},
                             smoke=SMOKE)
     assert record["calibration"]["samples"] == 8
 
@@ -359,5 +360,5 @@ def test_a_failed_calibration_leaves_no_cache_entry(tiny_model, fp16_irs, tmp_pa
     # group 256 on 256 channels is fine, 512 is not a divisor: NNCF fails after the statistics were collected.
     variant = RTN.model_copy(update=dict(CALIBRATION, awq=True, group_size=512, group_size_fallback="error"))
     with pytest.raises(PipelineError, match="group size 512 does not divide"):
-        backend.export(tiny_model, variant, _empty_dir(tmp_path / "out"), ir_fp16=fp16_irs["mini-4k"][0], smoke=SMOKE)
+        backend.export(tiny_model, variant, _empty_dir(tmp_path / "out"), inputs={IR_FP16: fp16_irs["mini-4k"][0]}, smoke=SMOKE)
     assert not (tmp_path / "statistics").exists() or list((tmp_path / "statistics").iterdir()) == []

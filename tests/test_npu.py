@@ -14,6 +14,7 @@ from pipeline.backends import openvino as backend
 from pipeline.backends.npu_library import library as npu_lib
 from pipeline.backends.openvino import npu, readback
 from pipeline.errors import PipelineError
+from pipeline.layout import IR_FP16
 from pipeline.backends.npu_library.params import NpuLibraryVariant
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.params import Prompt, SmokeParams
@@ -55,7 +56,7 @@ def odd_width_ir(odd_width_model, tmp_path_factory):
 def test_npu_artifact_passes_and_records_the_preflight(tiny_model, fp16_ir, tmp_path):
     import openvino as ov
 
-    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(256, 64))
+    record = backend.export(tiny_model, NPU, tmp_path, inputs={IR_FP16: fp16_ir}, smoke=_smoke(256, 64))
     pre = record["npu_preflight"]
     assert pre["status"] == "passed" and pre["linear_layers"] == 8 and pre["group_sizes"] == {"-1": 8}
     assert (pre["static_prompt_len"], pre["static_kv_cache_len"], pre["max_position_embeddings"]) == (256, 320, 4096)
@@ -66,7 +67,7 @@ def test_npu_artifact_passes_and_records_the_preflight(tiny_model, fp16_ir, tmp_
 
 
 def test_group_128_passes(tiny_model, fp16_ir, tmp_path):
-    record = backend.export(tiny_model, NPU.model_copy(update={"group_size": 128}), tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
+    record = backend.export(tiny_model, NPU.model_copy(update={"group_size": 128}), tmp_path, inputs={IR_FP16: fp16_ir}, smoke=SMOKE)
     assert record["npu_preflight"]["group_sizes"] == {"128": 8}
     assert record["npu_preflight"]["max_prompt_len"] == SmokeParams.model_fields["npu_max_prompt_len"].default
 
@@ -75,7 +76,7 @@ def test_asymmetric_ir_fails_naming_the_layers(tiny_model, fp16_ir, tmp_path):
     # An npu variant asking for asym: the IR keeps its own promise (read-back passes), the NPU pre-flight does not.
     with pytest.raises(PipelineError, match=r"NPU pre-flight: .*int4 weights are asymmetric \(u4 with zero points\) "
                                             r"in 8 of 8 linear layers \(\S+, \S+, \S+, \.\.\.\)") as err:
-        backend.export(tiny_model, NPU.model_copy(update={"sym": False}), tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
+        backend.export(tiny_model, NPU.model_copy(update={"sym": False}), tmp_path, inputs={IR_FP16: fp16_ir}, smoke=SMOKE)
     assert "\n" not in str(err.value) and "_proj" in str(err.value)
 
 
@@ -101,18 +102,18 @@ def test_group_size_the_npu_does_not_take_fails_naming_the_layers(odd_width_ir, 
                                             r"\(group_size 128 was asked; group_size_fallback adjust chose these "
                                             r"where it does not divide the channels\) in 6 of 8 linear layers "
                                             r"\(.*proj.*, \.\.\.\)") as err:
-        backend.export(src, variant, _dir(tmp_path / "adjust"), ir_fp16=ir, smoke=SMOKE)
+        backend.export(src, variant, _dir(tmp_path / "adjust"), inputs={IR_FP16: ir}, smoke=SMOKE)
     assert "\n" not in str(err.value) and "partial" not in str(err.value)
     # With `ignore` those layers stay uncompressed: not int4, named too.
     variant = variant.model_copy(update={"group_size_fallback": "ignore"})
     with pytest.raises(PipelineError, match=r"weights are \w+, not int4 in 6 of 8 linear layers"):
-        backend.export(src, variant, _dir(tmp_path / "ignore"), ir_fp16=ir, smoke=SMOKE)
+        backend.export(src, variant, _dir(tmp_path / "ignore"), inputs={IR_FP16: ir}, smoke=SMOKE)
 
 
 def test_int8_ir_fails(tiny_model, fp16_ir, tmp_path):
     variant = NPU.model_copy(update={"weight_format": "int8"})
     with pytest.raises(PipelineError, match=r"weights are i8, not int4 in 8 of 8 linear layers"):
-        backend.export(tiny_model, variant, tmp_path, ir_fp16=fp16_ir, smoke=SMOKE)
+        backend.export(tiny_model, variant, tmp_path, inputs={IR_FP16: fp16_ir}, smoke=SMOKE)
 
 
 def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path, monkeypatch):
@@ -138,7 +139,7 @@ def test_npu_blob_code_path_with_a_stand_in_device(tiny_model, fp16_ir, tmp_path
 
     monkeypatch.setattr(ov, "Core", Core)
     monkeypatch.setattr(openvino_genai, "LLMPipeline", pipeline)
-    record = backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(256, 64))
+    record = backend.export(tiny_model, NPU, tmp_path, inputs={IR_FP16: fp16_ir}, smoke=_smoke(256, 64))
     blob = record["npu_blob"]
     assert blob["status"] == "compiled" and blob["driver"] == "1.2.3 (test)" and blob["compiler"] == "7"
     assert blob["path"] == "npu_blob/1.2.3__test_/openvino_model.blob" and blob["path"] in record["files"]
@@ -158,7 +159,7 @@ def test_prompt_limits_beyond_max_position_embeddings_fail(tiny_model, fp16_ir, 
     assert kv == kv_cache
     with pytest.raises(PipelineError, match=r"smoke.npu_max_prompt_len .* beyond the model's "
                                             r"max_position_embeddings 4096") as err:
-        backend.export(tiny_model, NPU, tmp_path, ir_fp16=fp16_ir, smoke=_smoke(prompt_len, response_len))
+        backend.export(tiny_model, NPU, tmp_path, inputs={IR_FP16: fp16_ir}, smoke=_smoke(prompt_len, response_len))
     assert "\n" not in str(err.value)
 
 
@@ -189,7 +190,7 @@ def library_artifacts(tiny_model, tmp_path_factory) -> dict:
     made = {}
     for dtype in ("int4", "int8"):
         variant = NpuLibraryVariant(backend="npu_library", dtype=dtype)
-        made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype), ir_fp16=None, smoke=SMOKE))
+        made[dtype] = (variant, base / dtype, npu_library.export(tiny_model, variant, _dir(base / dtype), inputs={}, smoke=SMOKE))
     return made
 
 
@@ -224,7 +225,7 @@ def test_library_export_is_portable_and_reloads_to_the_same_logits(dtype, librar
 def test_library_export_shows_its_progress_and_where_the_time_went(tiny_model, tmp_path, capsys):
     # The worker's stderr was captured whole and dropped: a 4-minute full-size export showed nothing until it ended.
     variant = NpuLibraryVariant(backend="npu_library", dtype="int4")
-    record = npu_library.export(tiny_model, variant, _dir(tmp_path / "int4"), ir_fp16=None, smoke=SMOKE)
+    record = npu_library.export(tiny_model, variant, _dir(tmp_path / "int4"), inputs={}, smoke=SMOKE)
     err = capsys.readouterr().err
     assert "npu-lib: decoder layer 1/2 quantized" in err and "npu-lib: decoder layer 2/2 quantized" in err
     assert "npu-lib export: save" in err
@@ -242,7 +243,7 @@ def test_library_worker_failure_names_its_cause_in_one_line(tiny_model, tmp_path
     (broken / "config.json").write_text((tiny_model / "config.json").read_text())
     variant = NpuLibraryVariant(backend="npu_library", dtype="int8")
     with pytest.raises(PipelineError) as err:
-        npu_library.export(broken, variant, _dir(tmp_path / "int8"), ir_fp16=None, smoke=SMOKE)
+        npu_library.export(broken, variant, _dir(tmp_path / "int8"), inputs={}, smoke=SMOKE)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("intel-npu-acceleration-library worker `export` failed (exit 1): OSError:"), message
@@ -262,7 +263,7 @@ def test_library_export_a_layer_at_a_time_writes_what_compile_writes(dtype, tmp_
     src = tmp_path / "src"
     AutoModelForCausalLM.from_pretrained(tiny.build("mini-4k", tmp_path / "fp32"), dtype=torch.bfloat16).save_pretrained(src)
     variant = NpuLibraryVariant(backend="npu_library", dtype=dtype)
-    npu_library.export(src, variant, _dir(tmp_path / "ours"), ir_fp16=None, smoke=SMOKE)
+    npu_library.export(src, variant, _dir(tmp_path / "ours"), inputs={}, smoke=SMOKE)
     whole = (  # the worker's export with the library's own compile() in place of the layer-at-a-time one
         "import sys; from pathlib import Path; import worker\n"
         "from intel_npu_acceleration_library.compiler import CompilerConfig, compile\n"
@@ -324,7 +325,7 @@ def test_library_handles_tied_embeddings(tmp_path):
     src = tiny.build("mini-4k", tmp_path / "src", tie_word_embeddings=True)
     variant = NpuLibraryVariant(backend="npu_library", dtype="int8")
     (tmp_path / "out").mkdir()
-    npu_library.export(src, variant, tmp_path / "out", ir_fp16=None, smoke=SMOKE)
+    npu_library.export(src, variant, tmp_path / "out", inputs={}, smoke=SMOKE)
     with torch.no_grad():
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([IDS])).logits[0].numpy()
     got = npu_library.logits(tmp_path / "out", variant, IDS)
@@ -348,4 +349,4 @@ def test_library_smoke_runs_on_the_cpu_fallback(library_artifacts, tiny_model):
 def test_library_without_its_environment_fails_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv(npu_lib.VENV_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(PipelineError, match=r"no intel-npu-acceleration-library environment; create it with"):
-        npu_library.export(tmp_path, NpuLibraryVariant(dtype="int4"), tmp_path, ir_fp16=None, smoke=SMOKE)
+        npu_library.export(tmp_path, NpuLibraryVariant(dtype="int4"), tmp_path, inputs={}, smoke=SMOKE)

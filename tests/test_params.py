@@ -22,7 +22,8 @@ def raw() -> dict:
 def test_repo_params_are_valid():
     p = params.load(ROOT / "params.yaml")
     assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ov-int4-calib", "ov-int4-npu-calib",
-                               "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16", "npu-lib-int4", "npu-lib-int8"}
+                               "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16", "npu-lib-int4", "npu-lib-int8",
+                               "ovep-int4-gpu", "ovep-int4-npu"}
     int4 = p.variants["ov-int4"]
     assert (int4.group_size, int4.ratio, int4.sym) == (128, 0.6, True)
     npu = p.variants["ov-int4-npu"]
@@ -135,12 +136,12 @@ def test_a_model_names_the_variants_it_builds(tmp_path, raw):
     build = yaml.safe_load(params.build_yaml(p, "other"))
     assert build["builds"] == {"openvino": {"other-ov-int4": {"model": "other", "variant": "ov-int4"}},
                                "onnx_genai": {"other-ort-cpu-int4": {"model": "other", "variant": "ort-cpu-int4"}},
-                               "npu_library": {}}
+                               "npu_library": {}, "openvino_ep": {}}
     # its params: the values as params.yaml writes them, this model's and its variants' alone
     assert build["models"] == {"other": raw["models"]["other"]}
     assert build["variants"] == {"openvino": {"ov-int4": raw["variants"]["openvino"]["ov-int4"]},
                                  "onnx_genai": {"ort-cpu-int4": raw["variants"]["onnx_genai"]["ort-cpu-int4"]},
-                                 "npu_library": {}}
+                                 "npu_library": {}, "openvino_ep": {}}
     assert (build["smoke"], build["quality"]) == (raw["smoke"], raw["quality"])
 
 

@@ -136,15 +136,13 @@ def test_one_models_failing_export_blocks_only_what_depends_on_it(tmp_path, tiny
 def test_touching_one_backend_makes_only_its_stages_stale(tmp_path, tiny_model):
     """The backend is the unit: an edit inside pipeline/backends/<name>/ reruns that backend's stages and nothing
     else (its toolchain lock likewise); an edit of the shared backend module reruns all of them."""
-    variants = ["ov-int4", "ort-cpu-int4", "npu-lib-int8"]
-    proj = project.make(tmp_path, _params({"mini": {"source": "local", "id": str(tiny_model)}}, variants))
+    per_variant = {"openvino": "ov-int4", "onnx_genai": "ort-cpu-int4", "npu_library": "npu-lib-int8",
+                   "openvino_ep": "ovep-int4-gpu"}
+    proj = project.make(tmp_path, _params({"mini": {"source": "local", "id": str(tiny_model)}}, list(per_variant.values())))
     # Everything but the C++ runner (its wheel build is test_native's), which stays stale throughout.
-    project.aipc(proj, "repro", *(f"{b}-package@mini-{v}" for b, v in (("openvino", "ov-int4"),
-                                                                       ("onnx_genai", "ort-cpu-int4"),
-                                                                       ("npu_library", "npu-lib-int8"))))
+    project.aipc(proj, "repro", *(f"{b}-package@mini-{v}" for b, v in per_variant.items()))
     not_run = _changed_stages(proj)
     assert not_run == {"runner_wheel", "runner@mini", "report"}, not_run
-    per_variant = {"openvino": "ov-int4", "onnx_genai": "ort-cpu-int4", "npu_library": "npu-lib-int8"}
     for backend, variant in per_variant.items():
         touched = proj / "pipeline" / "backends" / backend / "card.py"
         original = touched.read_text()

@@ -18,6 +18,7 @@ from pipeline.backends.openvino.convert import MODEL_BIN
 from pipeline.backends.openvino.readback import MODEL_XML
 from pipeline.gate import misses
 from pipeline.errors import PipelineError
+from pipeline.layout import IR_FP16
 from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.params import Prompt, SmokeParams, QualityParams, Thresholds
 from tests.conftest import ROOT
@@ -72,7 +73,7 @@ def artifacts(tiny_model, tmp_path_factory) -> dict:
     made = {}
     for name, variant in (("ov-fp16", FP16), ("ov-int4", INT4)):
         made[name] = _empty(base / name)
-        ov_backend.export(tiny_model, variant, made[name], ir_fp16=ir, smoke=SMOKE)
+        ov_backend.export(tiny_model, variant, made[name], inputs={IR_FP16: ir}, smoke=SMOKE)
     made["ov-broken"] = base / "ov-broken"
     _break(made["ov-fp16"], made["ov-broken"])
     return made

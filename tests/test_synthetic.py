@@ -352,7 +352,7 @@ def test_onnxruntime_genai_tokenizer_gives_the_reference_ids(synthetic_mini, ref
     # As tests/test_backend_onnx_genai.py makes them; the export does not read `smoke`.
     variant = OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu")
     smoke = SmokeParams(prompts=[Prompt(text="What is the capital of France?")], max_new_tokens=8)
-    onnx_genai.export(synthetic_mini, variant, tmp_path, ir_fp16=None, smoke=smoke)
+    onnx_genai.export(synthetic_mini, variant, tmp_path, inputs={}, smoke=smoke)
     tokenizer = og.Tokenizer(og.Model(str(tmp_path)))
     assert mismatches(tokenizer.encode, references) == []
     # The smoke's parity as the onnx_genai runtime runs it: GenAI renders none of Phi-3's special tokens whatever

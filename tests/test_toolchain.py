@@ -22,7 +22,8 @@ def _nncf_at(monkeypatch, version: str) -> None:
 def test_write_then_check_passes_and_the_lock_is_a_pip_constraints_file(tmp_path):
     written = toolchain.write_locks(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
-        "toolchain/npu_library.txt", "toolchain/onnx_genai.txt", "toolchain/openvino.txt"]
+        "toolchain/npu_library.txt", "toolchain/onnx_genai.txt", "toolchain/openvino.txt",
+        "toolchain/openvino_ep.txt"]
     toolchain.check_locks(tmp_path)
     assert toolchain.write_locks(tmp_path) == []
     lines = [ln for ln in (tmp_path / "toolchain/openvino.txt").read_text().splitlines() if not ln.startswith("#")]

@@ -4,10 +4,11 @@ A backend package `pipeline/backends/<name>/` exposes:
 
     NAME, Variant          its name (params.yaml `variants: <name>:`) and its variant's params model, whose
                            `family` (fp16, int8, int4, ...) picks the quality thresholds
-    NEEDS_IR               whether its exports read the model's FP16 OpenVINO IR (stage `ir`)
+    inputs(variant)        the artifacts of the model (names under artifacts/<model>/) its export reads besides the
+                           checkpoint: the FP16 IR (stage `ir`), or another variant's artifact that it wraps
     lock_lines()           `name==version` lines of what its exports import (toolchain/<name>.txt)
-    export(source, variant, out, *, ir_fp16, smoke) -> dict
-        Write the artifact into `out` (an empty staging dir; the caller renames it into place) and return a
+    export(source, variant, out, *, inputs, smoke) -> dict
+        Write the artifact into `out` (`inputs`: name -> directory of each of inputs(variant)) (an empty staging dir; the caller renames it into place) and return a
         JSON-able record of what was done (options, fallbacks taken, weight precisions found on read-back, and
         `files`: relative path -> bytes).
     smoke(artifact, variant, smoke, source) -> dict
@@ -33,7 +34,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-BACKENDS = ("openvino", "onnx_genai", "npu_library")
+BACKENDS = ("openvino", "onnx_genai", "npu_library", "openvino_ep")
 
 
 def get(name: str) -> ModuleType:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -167,3 +168,53 @@ def first_failure(record: dict) -> str | None:
             if not p["text"].strip():
                 return f"{label}: {p['new_tokens']} tokens but no text for prompt {p['prompt']!r}: {p['text']!r}"
     return None
+
+
+# ---- onnxruntime-genai: shared by the backends whose artifacts it runs (onnx_genai, openvino_ep) ------------------
+
+
+def genai_tokenizer_parity(model, source: Path, prompts: Sequence[str]) -> dict:
+    """tokenizer_parity() of an onnxruntime-genai model's tokenizer."""
+    import onnxruntime_genai as og
+
+    # GenAI's decode drops special tokens by default; parity needs them back to reproduce the chat text.
+    # Its encode never adds BOS, like the source ids taken without special tokens.
+    full = og.Tokenizer(model)
+    full.update_options(skip_special_tokens="false")
+    return tokenizer_parity(source, prompts, full.encode, full.decode)
+
+
+def genai_prompt(model, tokenizer, source: Path, prompt, max_new_tokens: int) -> dict:
+    """One smoke prompt (a params Prompt) through an onnxruntime-genai model: its prompt_record()."""
+    import numpy as np
+
+    ids = tokenizer.encode(chat_text(source, prompt.text))
+    new, start, first = genai_greedy(model, ids, max_new_tokens)
+    end = time.perf_counter()
+    answer = new[:-1] if new and new[-1] in set(tokenizer.eos_token_ids) else new
+    text = tokenizer.decode(np.asarray(answer, dtype=np.int32))
+    return prompt_record(prompt, text, prompt_tokens=len(ids), new_tokens=len(answer),
+                         ttft_ms=(first - start) * 1000 if first else None,
+                         # Decode speed: the tokens after the first, over the time after the first.
+                         tokens_per_s=(len(new) - 1) / (end - first) if len(new) > 1 else None)
+
+
+def genai_greedy(model, ids, max_new_tokens: int) -> tuple[list[int], float, float | None]:
+    """Greedy new ids from an onnxruntime-genai model; when the prompt went in and when the first new id came out
+    (perf_counter)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    # Greedy, whatever genai_config.json's search section says; stops early at the eos ids stored there.
+    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    new: list[int] = []
+    first = None
+    while not generator.is_done():
+        generator.generate_next_token()
+        new.append(int(generator.get_next_tokens()[0]))
+        first = first or time.perf_counter()
+    return new, start, first

@@ -1,5 +1,5 @@
-"""Stage `<backend>-export@<model>-<variant>`: build one artifact from the fetched checkpoint (and, for OpenVINO, the
-model's FP16 IR)."""
+"""Stage `<backend>-export@<model>-<variant>`: build one artifact from the fetched checkpoint (and the artifacts its
+backend's inputs() names: the model's FP16 IR for OpenVINO, the wrapped IR for the OpenVINO EP)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
-from pipeline.layout import IR_FP16, SOURCE, Layout
+from pipeline.layout import SOURCE, Layout
 from pipeline.params import Params
 from pipeline.record import measured
 
@@ -17,16 +17,16 @@ def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict
     backend = backends.get(variant.backend)
     source = layout.artifact(model, SOURCE)
     fsutil.verify_manifest(source)
-    ir = layout.artifact(model, IR_FP16) if backend.NEEDS_IR else None
-    if ir is not None:
-        fsutil.verify_manifest(ir)
+    inputs = {name: layout.artifact(model, name) for name in backend.inputs(variant)}
+    for path in inputs.values():
+        fsutil.verify_manifest(path)
     out = layout.artifact(model, variant_name)
     with measured(f"{variant.backend}-export@{model}-{variant_name}") as rec:
         print(f"[export] {model}-{variant_name} ({variant.backend}) -> {out}", file=sys.stderr)
         rec["variant"] = variant.model_dump()
         with fsutil.staged_dir(out) as tmp:
             try:
-                rec["export"] = backend.export(source, variant, tmp, ir_fp16=ir, smoke=params.smoke)
+                rec["export"] = backend.export(source, variant, tmp, inputs=inputs, smoke=params.smoke)
             except PipelineError as e:  # named by what the user wrote, not by the staging dir being filled
                 raise PipelineError(f"export {model}-{variant_name}: {e}") from e
             fsutil.write_manifest(tmp)

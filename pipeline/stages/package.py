@@ -16,8 +16,6 @@ rebuilds is what was measured: the smoke timings (and the quality numbers, if a 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import LIMITS, limits_for, misses
 from pipeline.record import untimed
-from pipeline.layout import MODELS, SOURCE, SOURCE_JSON
+from pipeline.layout import IR_FP16, MODELS, SOURCE, SOURCE_JSON
 from pipeline.params import Thresholds
 
 MANIFEST = "manifest.json"
@@ -80,7 +78,9 @@ def commands(model_name: str, variant_name: str, variant) -> dict[str, str]:
         "pipeline": f"dvc repro {MODELS}/{model_name}/dvc.yaml:{variant.backend}-export@{model_name}-{variant_name}",
         "stages": "\n".join([
             f"aipc fetch {model_name}",
-            *([f"aipc ir {model_name}"] if backend.NEEDS_IR else []),
+            # A wrapped variant's artifact is an OpenVINO IR, itself made from the FP16 IR.
+            *([f"aipc ir {model_name}"] if backend.inputs(variant) else []),
+            *[f"aipc export {model_name} {made}" for made in backend.inputs(variant) if made != IR_FP16],
             f"aipc export {model_name} {variant_name}",
         ]),
         "upstream": backend.card.upstream(f"artifacts/{model_name}/source", f"{variant_name}/", variant),
@@ -227,14 +227,6 @@ def card(*, model_name: str, variant_name: str, variant, source: dict, license: 
 # ---- the release directory -----------------------------------------------------------------------------------
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # same inode as the DVC cache object: no extra disk, and nobody writes to it
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def manifest(root: Path) -> dict:
     files = {name: {"sha256": digest, "size": (Path(root) / name).stat().st_size}
              for name, digest in fsutil.hash_tree(root, skip=MANIFEST).items()}
@@ -310,7 +302,7 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
                 not_a_release=NOT_A_RELEASE if synthetic else "")
     with fsutil.staged_dir(out) as tmp:
         for name in files:
-            _link_or_copy(artifact_dir / name, tmp / name)
+            fsutil.link_or_copy(artifact_dir / name, tmp / name)
         (tmp / CARD).write_text(text, encoding="utf-8")
         fsutil.write_json(tmp / PROVENANCE, provenance)
         fsutil.write_json(tmp / MANIFEST, manifest(tmp))

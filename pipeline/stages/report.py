@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline import backends, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import limits_for, misses
-from pipeline.layout import IR_FP16, REFERENCE, SOURCE, Layout
+from pipeline.layout import REFERENCE, SOURCE, Layout
 from pipeline.params import QualityParams
 
 REPORT = "reports/quality.json"
@@ -123,7 +123,7 @@ def failure(model: str, name: str, variant, metrics_root: Path, failed) -> str |
     A stage's failure record (Layout.failure, written by the CLI) counts while the stage's own metrics file is
     absent or older: DVC deletes a stage's outputs, metrics included, before running it; the next run of the
     stage deletes the record first; a restore from DVC's run cache writes the metrics anew."""
-    chain = [(SOURCE, "fetch"), *([(IR_FP16, "export")] if backends.get(variant.backend).NEEDS_IR else []),
+    chain = [(SOURCE, "fetch"), *[(made, "export") for made in backends.get(variant.backend).inputs(variant)],
              (name, "export"), (name, "smoke"), (REFERENCE, "reference"), (name, "quality")]
     for stage_name, kind in chain:
         record = failed(model, stage_name, kind)

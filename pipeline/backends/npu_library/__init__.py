@@ -12,7 +12,10 @@ from pipeline.backends.npu_library.params import NpuLibraryVariant
 
 NAME = "npu_library"
 Variant = NpuLibraryVariant
-NEEDS_IR = False
+
+
+def inputs(variant: NpuLibraryVariant) -> tuple[str, ...]:
+    return ()  # the checkpoint only
 
 
 # Where the interface's functions live. Loaded on first use, so that params.py (which needs only Variant) and

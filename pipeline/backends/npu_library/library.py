@@ -91,9 +91,9 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
         return json.loads((tmp / "result.json").read_text()), logits
 
 
-def export(source: Path, variant: NpuLibraryVariant, out: Path, *, ir_fp16: Path | None, smoke: SmokeParams) -> dict:
+def export(source: Path, variant: NpuLibraryVariant, out: Path, *, inputs: dict[str, Path], smoke: SmokeParams) -> dict:
     """Quantize `source` with the library and write the portable artifact into `out`; check that it reloads to
-    the same logits. `ir_fp16` and `smoke` are not used."""
+    the same logits. `inputs` (none) and `smoke` are not used."""
     source, out = Path(source).resolve(), Path(out).resolve()  # the worker runs in a temp cwd
     start = time.perf_counter()
     exported, (before,) = _worker("export", str(source), str(out), variant.dtype, request={"logits": [PROBE]})

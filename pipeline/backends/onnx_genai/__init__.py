@@ -12,9 +12,12 @@ from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 
 NAME = "onnx_genai"
 Variant = OnnxGenaiVariant
-NEEDS_IR = False
 # What its exports import and whose version can change their bytes (toolchain/onnx_genai.txt).
 LOCK = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch")
+
+
+def inputs(variant: OnnxGenaiVariant) -> tuple[str, ...]:
+    return ()  # the checkpoint only
 
 
 def lock_lines() -> list[str]:

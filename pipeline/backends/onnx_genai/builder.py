@@ -55,9 +55,9 @@ def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
     return options
 
 
-def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, ir_fp16: Path | None, smoke: SmokeParams) -> dict:
-    """Run the model builder into `out` (an empty staging dir) and read the graph back. `ir_fp16` and `smoke` are
-    not used: this route builds from the checkpoint itself."""
+def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[str, Path], smoke: SmokeParams) -> dict:
+    """Run the model builder into `out` (an empty staging dir) and read the graph back. `inputs` (none) and `smoke`
+    are not used: this route builds from the checkpoint itself."""
     source, out = Path(source), Path(out)
     if not (source / "config.json").is_file():
         raise PipelineError(f"{source}: no config.json; the ONNX Runtime GenAI builder needs a checkpoint directory")

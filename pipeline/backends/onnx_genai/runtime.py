@@ -6,26 +6,19 @@ from __future__ import annotations
 
 import functools
 import platform
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.backends.common import (
-    chat_text,
-    concluded,
-    prompt_record,
-    tokenizer_parity,
-    versions,
-)
+from pipeline.backends.common import concluded, genai_greedy, genai_prompt, genai_tokenizer_parity, versions
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import MODEL_ONNX
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.params import Prompt, SmokeParams
+    from pipeline.params import SmokeParams
 
 # Execution providers other than CPU: the name a user knows, and onnxruntime-genai's probe for it in this build.
 PROVIDERS = {
@@ -70,47 +63,12 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
 
         model, run = _load(Path(artifact), variant)
         record["runs"].append(run)
-        # GenAI's decode drops special tokens by default; parity needs them back to reproduce the chat text.
-        # Its encode never adds BOS, like the source ids taken without special tokens.
-        full = og.Tokenizer(model)
-        full.update_options(skip_special_tokens="false")
-        record["tokenizer_parity"] = tokenizer_parity(source, [p.text for p in smoke.prompts], full.encode, full.decode)
+        record["tokenizer_parity"] = genai_tokenizer_parity(model, source, [p.text for p in smoke.prompts])
         tokenizer = og.Tokenizer(model)
-        run["prompts"] = [_generate(model, tokenizer, source, p, smoke.max_new_tokens) for p in smoke.prompts]
+        run["prompts"] = [genai_prompt(model, tokenizer, source, p, smoke.max_new_tokens) for p in smoke.prompts]
     except Exception as e:
         return concluded(record, e)
     return concluded(record)
-
-
-def _generate(model, tokenizer, source: Path, prompt: Prompt, max_new_tokens: int) -> dict:
-    ids = tokenizer.encode(chat_text(source, prompt.text))
-    new, start, first = _greedy(model, ids, max_new_tokens)
-    end = time.perf_counter()
-    answer = new[:-1] if new and new[-1] in set(tokenizer.eos_token_ids) else new
-    text = tokenizer.decode(np.asarray(answer, dtype=np.int32))
-    return prompt_record(prompt, text, prompt_tokens=len(ids), new_tokens=len(answer),
-                         ttft_ms=(first - start) * 1000 if first else None,
-                         # Decode speed: the tokens after the first, over the time after the first.
-                         tokens_per_s=(len(new) - 1) / (end - first) if len(new) > 1 else None)
-
-
-def _greedy(model, ids, max_new_tokens: int) -> tuple[list[int], float, float | None]:
-    """The new ids; when the prompt went in and when the first new id came out (perf_counter)."""
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    # Greedy, whatever genai_config.json's search section says; stops early at the eos ids stored there.
-    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
-    generator = og.Generator(model, params)
-    start = time.perf_counter()
-    generator.append_tokens(np.asarray(ids, dtype=np.int32))
-    new: list[int] = []
-    first = None
-    while not generator.is_done():
-        generator.generate_next_token()
-        new.append(int(generator.get_next_tokens()[0]))
-        first = first or time.perf_counter()
-    return new, start, first
 
 
 def generate(artifact: Path, variant: OnnxGenaiVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
@@ -118,7 +76,7 @@ def generate(artifact: Path, variant: OnnxGenaiVariant, prompts: Sequence[Sequen
     """Greedy new ids for each tokenized prompt, from onnxruntime-genai on the provider logits() uses."""
     onnx = Path(artifact) / MODEL_ONNX
     model = _model_for_logits(Path(artifact), variant, onnx.stat().st_mtime_ns)
-    return [_greedy(model, ids, max_new_tokens)[0] for ids in prompts]
+    return [genai_greedy(model, ids, max_new_tokens)[0] for ids in prompts]
 
 
 @functools.lru_cache(maxsize=1)

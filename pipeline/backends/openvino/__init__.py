@@ -10,14 +10,17 @@
 
 from pipeline.backends.common import installed, provided
 from pipeline.backends.openvino.params import OpenVINOVariant
+from pipeline.layout import IR_FP16
 
 NAME = "openvino"
 Variant = OpenVINOVariant
-# Its exports read the model's FP16 IR (stage `ir`), not only the checkpoint.
-NEEDS_IR = True
 # What its exports import and whose version can change their bytes (toolchain/openvino.txt). The runtimes used by
 # smoke/quality are not here: upgrading openvino-genai re-measures, it does not re-export.
 LOCK = ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "sentencepiece", "transformers", "torch")
+
+
+def inputs(variant: OpenVINOVariant) -> tuple[str, ...]:
+    return (IR_FP16,)  # every variant is compressed from (or is) the model's FP16 IR, stage `ir`
 
 
 def lock_lines() -> list[str]:

@@ -22,6 +22,7 @@ from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML, weight_precisions
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
+from pipeline.layout import IR_FP16
 from pipeline.record import Phases
 from pipeline.weights import load_causal_lm, paging_out
 
@@ -55,11 +56,13 @@ def export_ir(source: Path, out: Path) -> dict:
     }
 
 
-def export(source: Path, variant: OpenVINOVariant, out: Path, *, ir_fp16: Path | None, smoke: SmokeParams) -> dict:
-    """Write the variant's IR into `out` and return what was done and which weight precisions it holds. NPU
+def export(source: Path, variant: OpenVINOVariant, out: Path, *, inputs: dict[str, Path], smoke: SmokeParams) -> dict:
+    """Write the variant's IR into `out` (from the model's FP16 IR, `inputs[IR_FP16]`, or, without it, from a fresh
+    one) and return what was done and which weight precisions it holds. NPU
     variants also pass the NPU pre-flight (with the static prompt/response limits of `smoke`) and, where an NPU
     exists, get a compiled blob."""
     out = Path(out)
+    ir_fp16 = inputs.get(IR_FP16)
     start = time.perf_counter()
     phases = Phases("export")
     calibrated = None
