@@ -3,6 +3,8 @@ upstream command that makes the same artifact (Olive's OpenVINOEncapsulation pas
 
 from __future__ import annotations
 
+from pipeline.backends.common import versions
+from pipeline.backends.openvino_ep import plugin_openvino
 from pipeline.backends.openvino_ep.params import OpenVINOEPVariant
 
 LIBRARY = "onnx"  # huggingface.co's library name; the runtime and the EP go in the tags
@@ -22,12 +24,14 @@ def upstream(src: str, dst: str, variant: OpenVINOEPVariant) -> str:
 
 
 def usage(repo: str, variant: OpenVINOEPVariant) -> str:
-    return f"""On Windows 11 with Windows ML (which installs Intel's OpenVINO execution provider on Intel machines) or
+    pins = " ".join(f"{name}=={v}" for name, v in versions("onnxruntime-genai", "onnxruntime-ep-openvino").items())
+    return f"""Built and checked with {pins.replace(" ", ", ")} (the EP bundles OpenVINO {plugin_openvino()}, which reads this
+IR). On Windows 11 with Windows ML (which installs Intel's OpenVINO execution provider on Intel machines) or
 Foundry Local, load the folder as an ONNX Runtime GenAI model; genai_config.json asks for the OpenVINO provider on
 `{variant.device}`. Anywhere else, with the EP from PyPI (it claims Intel CPUs, GPUs and NPUs only):
 
 ```sh
-pip install onnxruntime-genai onnxruntime-ep-openvino huggingface_hub
+pip install {pins} huggingface_hub
 ```
 
 ```python
