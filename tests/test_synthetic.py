@@ -1,4 +1,4 @@
-"""The synthetic source on shrunk copies of the four published Phi-3 configs: config, shards and index, seeded
+"""The synthetic source on shrunk copies of the published Phi-3 and Phi-4 configs: config, shards and index, seeded
 bytes, memory while writing, the project's checkpoint check; Phi-3's rebuilt tokenizer against llama.cpp's 46
 reference id vectors through transformers, OpenVINO and onnxruntime-genai; and that a synthetic model is never
 gated and never published (its release is marked "Not a release").
@@ -77,7 +77,11 @@ def test_unshrunk_config_is_the_published_file_byte_for_byte(name, tmp_path):
     assert (tmp_path / "config.json").read_bytes() == synthetic.published_config(name).read_bytes()
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["bos_token_id"] == published(name)["bos_token_id"]
-    assert published(name)["eos_token_id"] in generation["eos_token_id"]
+    # Phi-3's tokenizer is written for every config (a stand-in for Phi-4's): its stop ids, the published eos among them
+    # where that is a Phi-3 id
+    assert generation["eos_token_id"] == synthetic.STOP_IDS
+    if published(name)["vocab_size"] == 32064:
+        assert published(name)["eos_token_id"] in generation["eos_token_id"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -151,7 +155,8 @@ def test_full_size_shards_are_cut_like_the_published_ones(name, tmp_path):
     bytes_ = dict(sizes)
     gb = [sum(bytes_[n] for n in part) / 1e9 for part in plan]
     assert max(gb) <= synthetic.MAX_SHARD_BYTES / 1e9
-    published_gb = {2: [4.97, 2.67], 6: [4.92, 4.95, 4.9]}[synthetic.CONFIGS[name]]
+    # The hub's listings of Phi-3's shards; Phi-4's were not at hand here: their count only.
+    published_gb = {2: [4.97, 2.67], 6: [4.92, 4.95, 4.9]}[synthetic.CONFIGS[name]] if "phi-3" in name else []
     assert gb[: len(published_gb)] == pytest.approx(published_gb, abs=0.006)
 
 

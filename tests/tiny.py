@@ -69,6 +69,13 @@ FAMILY: dict[str, dict] = {
     # microsoft/Phi-3-medium-4k-instruct: grouped-query attention (40 heads, 10 kv heads -> 8 / 2 here)
     "medium-4k": dict(max_position_embeddings=4096, original_max_position_embeddings=4096, rope_scaling=None,
                       num_attention_heads=8, num_key_value_heads=2, sliding_window=2047),
+    # microsoft/Phi-4-mini-instruct (still model_type phi3): partial rotary (0.75 of each head: 48 of 64 here, 96 of
+    # 128 there, so longrope has 24 factors), tied embeddings (no lm_head tensor), grouped-query attention (24 / 8
+    # heads -> 4 / 1 here: with 2 kv heads qkv_proj would be 512 wide, the vocabulary, and the ORT builder takes any
+    # Linear that wide for the LM head), longrope past a 4k original context
+    "phi4-mini": dict(max_position_embeddings=131072, original_max_position_embeddings=4096,
+                      rope_scaling=_longrope(48, 0.5), partial_rotary_factor=0.75, tie_word_embeddings=True,
+                      num_key_value_heads=1, sliding_window=262144),
 }
 
 # Hidden size not a multiple of 128, like SmolLM2's 576: INT4 group 128 needs NNCF's group-size fallback.
@@ -115,9 +122,16 @@ def build(kind: str, out: Path, seed: int = 0, **overrides) -> Path:
     cfg = Phi3Config(**{**_BASE, **FAMILY[kind], **overrides})
     torch.manual_seed(seed)
     model = Phi3ForCausalLM(cfg).eval()
-    # Random init gives near-zero logits; widen the output layer so quantization error is visible in metrics.
+    # Random init gives near-zero logits; widen the output layer so quantization error is visible in metrics. A tied
+    # output layer is the input embedding: scaled, it makes every step's hidden state its input token's embedding,
+    # and the model repeats the prompt's last token ('\n' after <|assistant|>) forever; so the layers' outputs are
+    # widened instead.
     with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
+        if cfg.tie_word_embeddings:
+            for layer in model.model.layers:
+                layer.mlp.down_proj.weight.mul_(8.0)
+        else:
+            model.lm_head.weight.mul_(8.0)
     model.save_pretrained(out, safe_serialization=True)
     # Hub checkpoints carry the config.json of the transformers that made them (legacy `rope_scaling`, not
     # transformers 5's `rope_parameters`): write that, so every exporter is tested on what users will feed it.

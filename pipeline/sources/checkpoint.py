@@ -25,6 +25,8 @@ FLOAT_DTYPES = ("F32", "F16", "BF16")
 STOCK_AUTO_MAP = {
     "AutoConfig": "configuration_phi3.Phi3Config",
     "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM",
+    # microsoft/Phi-4-mini-instruct's: a tokenizer repo, not code (its own tokenizer.json is what loads)
+    "AutoTokenizer": "Xenova/gpt-4o",
 }
 SHARD_INDEX = "model.safetensors.index.json"
 _SHOWN = 3  # names per problem in a message: enough to act on, short enough for one line
@@ -66,7 +68,7 @@ def check_config(config: dict, where: str) -> None:
 
 
 def _custom_code(auto_map) -> list[str]:
-    """The auto_map entries that are not the official Phi-3 repos' own (see STOCK_AUTO_MAP)."""
+    """The auto_map entries that are not the official Phi-3 / Phi-4-mini repos' own (see STOCK_AUTO_MAP)."""
     if auto_map is None:
         return []
     if not isinstance(auto_map, dict):

@@ -18,7 +18,9 @@ What is written:
     greedily at transformers' default 5 GB, which reproduces the published shard sizes (Phi-3-mini 4.97 + 2.67 GB,
     Phi-3-medium 4.92, 4.95, 4.9, ... GB); a shrunk config (tests) keeps the shard count with balanced shards.
     Only one shard's tensors are in memory at a time;
-  - Phi-3's real tokenizer (pipeline/sources/phi3_tokenizer.py) and a generation_config.json.
+  - Phi-3's real tokenizer (pipeline/sources/phi3_tokenizer.py) and a generation_config.json. For the Phi-4
+    configs too, as a stand-in: their o200k / cl100k tokenizers are not rebuilt offline yet, so a synthetic Phi-4
+    measures the model's memory and time (its 200064 / 100352-row embeddings included), not its tokenizer's.
 
 Random weights mean nothing for quality, so a synthetic model is never gated or released as if it were real: its
 provenance says `"synthetic": true`, the package stage refuses it, and the report lists its rows as "ungated
@@ -44,6 +46,8 @@ CONFIGS = {
     "phi-3-mini-128k-instruct": 2,
     "phi-3.5-mini-instruct": 2,
     "phi-3-medium-4k-instruct": 6,
+    "phi-4-mini-instruct": 2,
+    "phi-4": 6,
 }
 SEED = re.compile(r"^seed:(\d+)$")
 MAX_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size ("5GB"), which the published shards were cut at

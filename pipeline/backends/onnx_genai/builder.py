@@ -5,6 +5,7 @@ precision the variant promises."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
     source, out = Path(source), Path(out)
     if not (source / "config.json").is_file():
         raise PipelineError(f"{source}: no config.json; the ONNX Runtime GenAI builder needs a checkpoint directory")
+    _require_gqa_rotary(source)
     options = builder_options(variant)
     start = time.perf_counter()
     phases = Phases("builder")
@@ -85,6 +87,21 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
     if translated:  # only then: the records of legacy-config exports keep their bytes
         record["config_translated"] = translated
     return record
+
+
+def _require_gqa_rotary(source: Path) -> None:
+    """The builder's attention is onnxruntime's GroupQueryAttention, whose rotary cache must be a multiple of 8 wide
+    (half the rotary dimensions): a model with partial rotary (Phi-4-mini: 128 x 0.75 = 96, cache 48) outside that
+    builds, then fails on its first run ("cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8")."""
+    config = json.loads((source / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    head = config.get("head_dim") or config["hidden_size"] // heads
+    factor = config.get("partial_rotary_factor", 1.0)
+    cache = int(head * factor) // 2
+    if cache % 8:
+        raise PipelineError(f"{source / 'config.json'}: rotary width {int(head * factor)} (head {head} x "
+                            f"partial_rotary_factor {factor}) gives GroupQueryAttention a cos/sin cache {cache} wide, "
+                            "which onnxruntime refuses at run time (it must be a multiple of 8)")
 
 
 def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: dict[str, str],
