@@ -93,17 +93,26 @@ def test_wrap_holds_one_epcontext_node_with_the_irs_io_and_only_options_the_ep_r
         assert "manifest.sha256.json" not in record["files"]
 
 
+def _with_graph(out, dest, edit):
+    """`dest`: the wrap in `out` (its files symlinked) with model.onnx edited by `edit(model)`."""
+    dest.mkdir()
+    for f in out.iterdir():
+        if f.name != "model.onnx":
+            (dest / f.name).symlink_to(f)
+    model = onnx.load(str(out / "model.onnx"))
+    edit(model)
+    onnx.save(model, str(dest / "model.onnx"))
+    return dest
+
+
 def test_a_wrap_with_wrong_io_names_fails_read_back(wrapped, tmp_path):
     out, _ = wrapped["mini-4k", "GPU"]
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in out.iterdir():
-        (broken / f.name).symlink_to(f)
-    (broken / "model.onnx").unlink()
-    model = onnx.load(str(out / "model.onnx"))
-    model.graph.input[2].name = "position_id"
-    model.graph.node[0].input[2] = "position_id"
-    onnx.save(model, str(broken / "model.onnx"))
+
+    def rename(model):
+        model.graph.input[2].name = "position_id"
+        model.graph.node[0].input[2] = "position_id"
+
+    broken = _with_graph(out, tmp_path / "broken", rename)
     with pytest.raises(PipelineError, match=r"graph inputs .*position_id.* are not the IR's"):
         wrap.read_back(broken)
 
@@ -150,14 +159,10 @@ def test_the_whole_graph_runs_on_the_ep_and_a_node_it_does_not_claim_is_refused(
     out, _ = wrapped["mini-4k", "GPU"]
     assert runtime.whole_graph_on_ep(out, "CPU")
     # A wrap whose node the EP does not claim (another EP's context) leaves it to the CPU EP: refused.
-    broken = tmp_path / "fallback"
-    broken.mkdir()
-    for f in out.iterdir():
-        (broken / f.name).symlink_to(f)
-    (broken / "model.onnx").unlink()
-    model = onnx.load(str(out / "model.onnx"))
-    next(a for a in model.graph.node[0].attribute if a.name == "source").s = b"QNNExecutionProvider"
-    onnx.save(model, str(broken / "model.onnx"))
+    def other_eps(model):
+        next(a for a in model.graph.node[0].attribute if a.name == "source").s = b"QNNExecutionProvider"
+
+    broken = _with_graph(out, tmp_path / "fallback", other_eps)
     with pytest.raises(Exception, match="fallback to CPU EP has been explicitly disabled"):
         runtime.whole_graph_on_ep(broken, "CPU")
 

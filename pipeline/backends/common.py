@@ -218,3 +218,28 @@ def genai_greedy(model, ids, max_new_tokens: int) -> tuple[list[int], float, flo
         new.append(int(generator.get_next_tokens()[0]))
         first = first or time.perf_counter()
     return new, start, first
+
+
+def genai_usage(repo: str, pip: str, *, imports: str = "", setup: str = "") -> str:
+    """A model card's pip line and onnxruntime-genai snippet for hub repo `repo` (`imports`, `setup`: what a
+    route adds before loading the model, e.g. registering an execution provider plugin)."""
+    return f"""```sh
+pip install {pip} huggingface_hub
+```
+
+```python
+import huggingface_hub, {imports}onnxruntime_genai as og
+
+{setup}path = huggingface_hub.snapshot_download("{repo}")
+model = og.Model(path)
+tokenizer = og.Tokenizer(model)
+prompt = tokenizer.apply_chat_template('[{{"role": "user", "content": "What is the capital of France?"}}]',
+                                       add_generation_prompt=True)
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=128)
+generator = og.Generator(model, params)
+generator.append_tokens(tokenizer.encode(prompt))
+while not generator.is_done():
+    generator.generate_next_token()
+print(tokenizer.decode(generator.get_sequence(0)))
+```"""

@@ -3,7 +3,7 @@ upstream command that makes the same artifact (Olive's OpenVINOEncapsulation pas
 
 from __future__ import annotations
 
-from pipeline.backends.common import versions
+from pipeline.backends.common import genai_usage, versions
 from pipeline.backends.openvino_ep import plugin_openvino
 from pipeline.backends.openvino_ep.params import OpenVINOEPVariant
 
@@ -25,32 +25,14 @@ def upstream(src: str, dst: str, variant: OpenVINOEPVariant) -> str:
 
 def usage(repo: str, variant: OpenVINOEPVariant) -> str:
     pins = " ".join(f"{name}=={v}" for name, v in versions("onnxruntime-genai", "onnxruntime-ep-openvino").items())
+    snippet = genai_usage(repo, pins, imports="onnxruntime_ep_openvino, ", setup=(
+        'og.register_execution_provider_library("OpenVINO", onnxruntime_ep_openvino.get_library_path())\n'))
     return f"""Built and checked with {pins.replace(" ", ", ")} (the EP bundles OpenVINO {plugin_openvino()}, which reads this
 IR). On Windows 11 with Windows ML (which installs Intel's OpenVINO execution provider on Intel machines) or
 Foundry Local, load the folder as an ONNX Runtime GenAI model; genai_config.json asks for the OpenVINO provider on
 `{variant.device}`. Anywhere else, with the EP from PyPI (it claims Intel CPUs, GPUs and NPUs only):
 
-```sh
-pip install {pins} huggingface_hub
-```
-
-```python
-import huggingface_hub, onnxruntime_ep_openvino, onnxruntime_genai as og
-
-og.register_execution_provider_library("OpenVINO", onnxruntime_ep_openvino.get_library_path())
-path = huggingface_hub.snapshot_download("{repo}")
-model = og.Model(path)
-tokenizer = og.Tokenizer(model)
-prompt = tokenizer.apply_chat_template('[{{"role": "user", "content": "What is the capital of France?"}}]',
-                                       add_generation_prompt=True)
-params = og.GeneratorParams(model)
-params.set_search_options(max_length=128)
-generator = og.Generator(model, params)
-generator.append_tokens(tokenizer.encode(prompt))
-while not generator.is_done():
-    generator.generate_next_token()
-print(tokenizer.decode(generator.get_sequence(0)))
-```
+{snippet}
 
 To run it on another OpenVINO device than `{variant.device}`, change `device_type` in genai_config.json (CPU, GPU,
 NPU)."""
