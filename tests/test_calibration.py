@@ -41,6 +41,7 @@ def _params(tmp_path, variant: dict, evalset=EVALSET) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["quality"]["evalset"] = str(evalset)
     raw["variants"]["openvino"] = {"ov-x": {"weight_format": "int4", **variant}}
+    raw["variants"]["openvino_ep"] = {}  # its variants wrap the openvino ones replaced here
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
