@@ -202,15 +202,15 @@ def _feed(ids: Sequence[int], past: int = 0) -> dict[str, np.ndarray]:
 
 def logits(artifact: Path, variant: OpenVINOEPVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from one pass on the EP (or the fallback)."""
-    runner, genai = _loaded(artifact, variant)
-    if genai is None:
-        request = runner.create_infer_request()
+    device = _device(variant)[0]
+    if device is None:
+        request = _loaded(artifact, variant)[0].create_infer_request()
         request.reset_state()
         return np.asarray(request.infer(_feed(input_ids))["logits"][0], dtype=np.float32)
-    # A session of its own per sequence: the EP keeps the stateful IR's KV cache in the session and offers no reset,
+    # Not the genai model generate() keeps (a second compiled copy beside this one at real size). A session of its own per sequence: the EP keeps the stateful IR's KV cache in the session and offers no reset,
     # so a second run would continue the first sequence. Without enable_causallm it returns every position's logits
     # (with it, only the last; those are bit-identical, measured).
-    session = _session(Path(artifact), _device(variant)[0], causal=False)
+    session = _session(Path(artifact), device, causal=False)
     return np.asarray(session.run(["logits"], _feed(input_ids))[0][0], dtype=np.float32)
 
 
