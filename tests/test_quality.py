@@ -249,7 +249,7 @@ def test_thresholds_by_variant_name_win_over_the_family(metrics_root):
 
 
 def test_a_16bit_checkpoint_is_referenced_exactly_at_half_the_memory(tmp_path):
-    """A bf16 checkpoint stays bf16 in memory and runs in float32 layer by layer: its reference is the one a float32
+    """A bf16 checkpoint stays bf16 in memory and runs in float64 layer by layer: its reference is the one a float32
     copy of the same weights gives, to the bit, and says how it was made."""
     import torch
     import transformers
@@ -276,8 +276,45 @@ def test_a_16bit_checkpoint_is_referenced_exactly_at_half_the_memory(tmp_path):
                         r"0\.0 GB of weights, 0\.0 GB of memory for them", streamed), streamed
     assert 0 < int(streamed.split()[0]) < int(streamed.split()[2])
     for name in ("bf16", "streamed"):
-        assert got[name].pop("weights") == "bfloat16 as stored, upcast to float32 per layer when it runs"
-    assert "weights" not in got["f32"] and got["bf16"] == got["streamed"] == got["f32"]
+        assert got[name].pop("weights") == "bfloat16 as stored, upcast to float64 per layer when it runs"
+    assert got["f32"].pop("weights") == "float32 as stored, upcast to float64 per layer when it runs"
+    assert got["bf16"] == got["streamed"] == got["f32"]
     refs = {name: reference.load(tmp_path / f"ref-{name}")[1] for name in ("bf16", "streamed", "f32")}
     assert all(np.array_equal(refs[name][k], refs["f32"][k]) for name in ("bf16", "streamed") for k in refs["f32"])
     assert "streamed" not in json.loads((tmp_path / "ref-streamed" / "reference.json").read_text())
+
+
+# Other kernels on this CPU stand in for another CPU's: torch's AVX2 code paths instead of AVX-512 ones (aten's
+# vectorised ops and oneDNN's GEMMs), read when the process starts.
+OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+RUN_REFERENCE = """
+import sys
+from pathlib import Path
+from pipeline.stages import reference
+evalset = reference.EvalSet(prompts=["What is the capital of France?"], text="The sea is calm today. " * 12)
+reference.run(Path(sys.argv[1]), evalset, Path(sys.argv[2]), max_new_tokens=8, top_k=32, long_sequence_tokens=1500)
+"""
+
+
+def test_the_reference_is_the_same_bytes_with_another_cpus_kernels(tmp_path):
+    """What makes a rebuild on another CPU vendor reproduce the committed reference: float64 arithmetic (the
+    rotary cos/sin and RMS norms included) stored as float32. The long sequence runs past the original context
+    (longrope's long factors), where float32 cos/sin of large angles differed between AVX2 and AVX-512 kernels."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests import tiny
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "ZVECTOR"):
+        pytest.skip(f"this CPU's kernels are already {torch.backends.cpu.get_cpu_capability()}: no other to compare")
+    src = tiny.build("3.5-mini", tmp_path / "src")
+    outs = {}
+    for name, extra in (("host", {}), ("other", OTHER_KERNELS)):
+        outs[name] = tmp_path / name
+        subprocess.run([sys.executable, "-c", RUN_REFERENCE, str(src), str(outs[name])], check=True,
+                       env={**os.environ, **extra}, cwd=ROOT)
+    for f in ("logits.npz", "reference.json"):
+        assert (outs["host"] / f).read_bytes() == (outs["other"] / f).read_bytes(), f

@@ -1,4 +1,11 @@
-"""Stage `reference@<model>`: what the FP32 PyTorch checkpoint says about the eval set, for `quality` to compare with.
+"""Stage `reference@<model>`: what the PyTorch checkpoint says about the eval set, for `quality` to compare with.
+
+Computed in float64 and stored in float32, so that the stored bytes do not depend on the CPU: float32 arithmetic
+gives different last bits with other kernels (another vendor's, another ISA's: AVX2 vs AVX-512 changed 1000 tokens'
+logits here), float64 arithmetic rounded to float32 gives the same float32 unless a value lies within float64's
+error of a rounding boundary, about once in 10^7 values. tests/test_quality.py runs it with AVX2 kernels beside the
+host's own and compares the bytes. It is still "the FP32 reference" everywhere: the checkpoint's own values, computed
+more exactly than float32 would.
 
 artifacts/<model>/reference/ holds
   reference.json   the eval set as run: each sequence's name, kind, length; each chat prompt's greedy answer
@@ -21,6 +28,7 @@ the reference's tail mass, which is what KL over "top-k + one tail bucket" needs
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +44,7 @@ from pipeline.weights import checkpoint_dtype, load_causal_lm, page_out_tensors
 
 REFERENCE_JSON = "reference.json"
 LOGITS_NPZ = "logits.npz"
-# Beside its 16-bit weights and their float32 copies the reference holds the long sequence's activations and logits
+# Beside its stored weights and their float64 copies the reference holds the long sequence's activations and logits
 # and torch itself: Phi-3.5-mini peaked at 12.4 GB with 7.6 GB of weights and 1.2 GB of copies.
 OWN_MEMORY = 4 * 2**30
 
@@ -95,7 +103,7 @@ def run(
     source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int,
     phases: Phases | None = None, memory: int | None = None,
 ) -> dict:
-    """Run the FP32 checkpoint on the eval set and write reference.json + logits.npz into `out` atomically.
+    """Run the checkpoint (float64 arithmetic) on the eval set and write reference.json + logits.npz into `out` atomically.
 
     Returns reference.json's record, plus `streamed` where a 16-bit checkpoint's weights did not fit in `memory`
     (bytes; None: what the machine has available once it is loaded): how they were read instead. That depends on the
@@ -141,7 +149,7 @@ def run(
     with torch.no_grad(), phases("score every sequence"):
         for name, kind, ids, extra in sequences:
             print(f"[reference] {name}: {len(ids)} tokens", file=sys.stderr)
-            logits = model(torch.tensor([ids])).logits[0].float()
+            logits = model(torch.tensor([ids])).logits[0]
             values, indices = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)
             lse = torch.logsumexp(logits, dim=-1)
             arrays[f"{name}.ids"] = np.asarray(ids, dtype=np.int32)
@@ -155,8 +163,7 @@ def run(
 
     ref = {"top_k": top_k, "eos_ids": eos, "vocab": int(logits.shape[-1]), "max_new_tokens": max_new_tokens,
            "sequences": records}
-    if weights:  # only then: a float32 checkpoint's reference keeps its bytes
-        ref["weights"] = weights
+    ref["weights"] = weights
     with fsutil.staged_dir(Path(out)) as tmp:
         np.savez_compressed(tmp / LOGITS_NPZ, **arrays)
         fsutil.write_json(tmp / REFERENCE_JSON, ref)
@@ -165,20 +172,40 @@ def run(
 
 
 def _load(source: Path, memory: int | None):
-    """(model, loading info, how its weights are held: None for a float32 copy, how those that did not fit in
-    memory were read: None if all did)."""
-    import torch
-
-    stored = checkpoint_dtype(source)
-    if stored not in ("bfloat16", "float16"):
-        return *load_causal_lm(source, torch.float32, label="reference"), None, None
-    # Every 16-bit value is exact in float32, so float32 arithmetic on weights upcast when a layer runs gives what a
-    # float32 copy of the model would, at half its memory (Phi-3-mini: 7.6 GB instead of 15.3).
+    """(model, loading info, how its weights are held, how those that did not fit in memory were read: None if all
+    did)."""
+    # The weights as stored and float64 copies of a layer's while it runs: what a float64 copy of the model would
+    # compute, at a quarter of its memory (Phi-3-mini: 7.6 GB instead of 30.6).
     model, info = load_causal_lm(source, None, label="reference")
+    _float64_where_float32_is_forced(model)
     streamed = _upcast_when_used(model, memory)
     if streamed:
         print(f"[reference] {streamed}", file=sys.stderr)
-    return model, info, f"{stored} as stored, upcast to float32 per layer when it runs", streamed
+    return model, info, f"{checkpoint_dtype(source)} as stored, upcast to float64 per layer when it runs", streamed
+
+
+def _float64_where_float32_is_forced(model) -> None:
+    """transformers computes the rotary cos/sin and the RMS norms in float32 whatever the model's dtype; their
+    vectorised cos, sin and rsqrt give other last bits with other kernels (AVX2 vs AVX-512 moved 30k of the long
+    sequence's 147k stored log-probabilities by up to 7e-6, the short sequences' none). Here both run in float64,
+    from the module's own inverse frequencies and scaling (whichever longrope picked for the length)."""
+    import torch
+
+    def rotary(module, args, kwargs, _out):
+        position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
+        freqs = module.inv_freq.double()[None, :, None] * position_ids.double()[:, None, :]
+        emb = torch.cat((freqs, freqs), dim=1).transpose(1, 2)
+        return emb.cos() * module.attention_scaling, emb.sin() * module.attention_scaling
+
+    def rms_norm(module, hidden_states):
+        h = hidden_states.double()
+        return module.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
+
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "attention_scaling"):
+            module.register_forward_hook(rotary, with_kwargs=True)
+        elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = rms_norm.__get__(module)
 
 
 def _available() -> int:
@@ -197,12 +224,12 @@ def hook_own_parameters(model, up, down) -> list:
 
 
 def _upcast_when_used(model, memory: int | None = None) -> str | None:
-    """Hold each module's parameters as stored and give its forward float32 copies while it runs; if they do not all
+    """Hold each module's parameters as stored and give its forward float64 copies while it runs; if they do not all
     fit in `memory` (bytes; None: what the machine has available, less what the run needs besides), keep the first
     modules' in memory and hand each later module's pages back once it has run. Returns what streamed, or None.
 
-    The copies go into float32 buffers kept by shape and reused (one per shape in use at once: a few layers' worth).
-    A fresh float32 tensor per layer per token had the kernel hand out and zero a model's worth of new pages for
+    The copies go into float64 buffers kept by shape and reused (one per shape in use at once: a few layers' worth).
+    A fresh tensor per layer per token had the kernel hand out and zero a model's worth of new pages for
     every generated token: 3.3x the time of copying into a buffer already there (one Phi-3-mini MLP weight).
     Weights that do not fit (Phi-3-medium's 28 GB here) are read from the checkpoint every pass either way; left to
     the kernel, each pass evicts the pages the next one needs first, and every page is read again. Handing back the
@@ -216,7 +243,7 @@ def _upcast_when_used(model, memory: int | None = None) -> str | None:
         module._aipc_stored = [(p, p.data) for p in module.parameters(recurse=False)]
         for p, data in module._aipc_stored:
             free = spare.get(tuple(data.shape))
-            p.data = (free.pop() if free else torch.empty(data.shape, dtype=torch.float32)).copy_(data)
+            p.data = (free.pop() if free else torch.empty(data.shape, dtype=torch.float64)).copy_(data)
 
     def down(module, _args, _out):
         for p, data in module._aipc_stored:
@@ -229,7 +256,7 @@ def _upcast_when_used(model, memory: int | None = None) -> str | None:
     modules = hook_own_parameters(model, up, down)
     held = [sum(p.numel() * p.element_size() for p in m.parameters(recurse=False)) for m in modules]
     if memory is None:
-        copies = {tuple(p.shape): p.numel() * 4 for p in model.parameters()}
+        copies = {tuple(p.shape): p.numel() * 8 for p in model.parameters()}
         memory = _available() - OWN_MEMORY - sum(copies.values())
     total = 0
     for module, size in zip(modules, held):
@@ -258,7 +285,9 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     m = logits.max(-1, keepdims=True)
     lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1)))
     nll = lse - logits[np.arange(len(logits)), np.asarray(ids[1:])]
-    return float(np.exp(nll.mean()))
+    # Each term at the precision the logits are stored in, so the reference's perplexity is the same on any CPU
+    # (numpy's exp and log take other code paths on AVX-512 machines).
+    return math.exp(float(nll.astype(np.float32).astype(np.float64).mean()))
 
 
 def stage(params, layout, model: str) -> dict:
