@@ -40,7 +40,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
         for d in made:  # innermost first; a dir something else wrote into meanwhile stays
             with contextlib.suppress(OSError):
                 d.rmdir()
-        if free < DISK_FULL and isinstance(e, Exception):
+        if free < DISK_FULL and isinstance(e, Exception) and not isinstance(e, PipelineError):  # a reason already
             raise PipelineError(f"{out}: disk full while writing it ({free // 1024} KiB left); nothing was "
                                 "kept") from e
         raise

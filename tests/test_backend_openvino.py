@@ -362,3 +362,37 @@ def test_a_failed_calibration_leaves_no_cache_entry(tiny_model, fp16_irs, tmp_pa
     with pytest.raises(PipelineError, match="group size 512 does not divide"):
         backend.export(tiny_model, variant, _empty_dir(tmp_path / "out"), inputs={IR_FP16: fp16_irs["mini-4k"][0]}, smoke=SMOKE)
     assert not (tmp_path / "statistics").exists() or list((tmp_path / "statistics").iterdir()) == []
+
+
+def test_the_ir_stage_on_a_full_disk_says_so(tiny_model, tmp_path):
+    """OpenVINO's serializer says "basic_ios::clear: iostream error" on a full disk and deletes what it wrote (so no
+    free-space check after the fact can tell); the stage checks the room the FP16 IR takes first."""
+    import shutil
+
+    import yaml
+
+    from pipeline import fsutil
+
+    small = tmp_path / "small"
+    small.mkdir()
+    size = sum(f.stat().st_size for f in tiny_model.rglob("*") if f.is_file()) + (1 << 20)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"no small file system to fill: cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        source = small / "artifacts/tiny/source"
+        shutil.copytree(tiny_model, source)
+        fsutil.write_manifest(source)
+        (small / "other-output").write_bytes(b"\0" * (shutil.disk_usage(small).free - (64 << 10)))  # fills it
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["models"] = {"tiny": {"source": "local", "id": str(tiny_model)}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(small), "--params",
+                               str(tmp_path / "params.yaml"), "ir", "tiny"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"aipc: error: {small / 'artifacts/tiny'}: disk full: the FP16 IR takes about "), proc.stderr
+        assert sorted(p.name for p in (small / "artifacts/tiny").iterdir()) == ["source"]  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -24,7 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST
 from pipeline.layout import IR_FP16
 from pipeline.record import Phases
-from pipeline.weights import load_causal_lm, paging_out
+from pipeline.weights import checkpoint_dtype, load_causal_lm, paging_out
 
 if TYPE_CHECKING:
     from pipeline.params import SmokeParams
@@ -40,12 +40,15 @@ def export_ir(source: Path, out: Path) -> dict:
 
     start = time.perf_counter()
     phases = Phases("ir")
+    _require_disk(source, out)
     # An OVConfig with a dtype also keeps optimum from applying its own int8 default to models over 1B parameters.
     try:
         _export_fp16(Path(source), Path(out), OVConfig(dtype="fp16"), phases)
     except PipelineError:
         raise
     except Exception as e:
+        if "iostream error" in str(e):  # OpenVINO's serializer names no cause, and deletes what it wrote
+            _require_disk(source, out, cause=one_line(e))
         raise PipelineError(f"optimum-intel could not export {source} to OpenVINO: {one_line(e)}") from e
     _require_tokenizer_irs(Path(out))
     return {
@@ -54,6 +57,17 @@ def export_ir(source: Path, out: Path) -> dict:
         "phases": phases.seconds,
         "versions": versions("optimum-intel", "openvino", "openvino-tokenizers", "transformers", "torch"),
     }
+
+
+def _require_disk(source: Path, out: Path, cause: str = "") -> None:
+    """Fail in one line if `out`'s file system has less room than the FP16 IR takes (2 bytes a parameter)."""
+    stored = sum(p.stat().st_size for p in Path(source).glob("*.safetensors"))
+    need = stored // 2 if checkpoint_dtype(source) == "float32" else stored
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise PipelineError(f"{Path(out).parent}: disk full: the FP16 IR takes about {need >> 20} MiB, "
+                            f"{free >> 20} MiB free on its file system{f' (OpenVINO said {cause})' if cause else ''}; "
+                            "nothing was kept")
 
 
 def export(source: Path, variant: OpenVINOVariant, out: Path, *, inputs: dict[str, Path], smoke: SmokeParams) -> dict:
@@ -175,13 +189,36 @@ def _compress_ir(ir_fp16: Path, variant: OpenVINOVariant, out: Path, source: Pat
     # compress_to_fp16=False, as optimum saves compressed models: the default (True) would only touch the remaining
     # f32 constants, never the int4/int8 weights. The one difference from a CLI int4 export that remains: small
     # non-weight constants (rotary inv_freq) stay f16 as the FP16 IR stored them, where the CLI keeps f32.
+    if cache is not None:
+        # NNCF records its options in the IR, statistics_path as given: a staging path under the user's home.
+        _record_statistics_key(compressed, cache.final.name)
     with phases("save"):
+        stable_names(compressed)
         ov.save_model(compressed, out / MODEL_XML, compress_to_fp16=False)
     # Tokenizer IRs, configs, tokenizer files, chat template: everything optimum wrote beside the model.
     for path in ir_fp16.iterdir():
         if path.name not in (MODEL_XML, MODEL_BIN, MANIFEST):
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, out / path.name)
     return record
+
+
+def _record_statistics_key(model, key: str) -> None:
+    where = ["nncf", "weight_compression", "advanced_parameters"]
+    if model.has_rt_info(where):
+        options = model.get_rt_info(where).value
+        model.set_rt_info(re.sub(r"'statistics_path': '[^']*'", f"'statistics_path': '{key}'", options), where)
+
+
+def stable_names(model) -> None:
+    """Name every op that OpenVINO named itself (`<type>_<n>`, n from a process-wide counter) by its place in the
+    graph instead. n counts every node the process made before, so the IR's bytes depended on the process's history:
+    a data-aware export that computed NNCF's statistics wrote other names than one that loaded them from the cache.
+    Parameters, results and state keep theirs (runtimes look them up)."""
+    keep = {"Parameter", "Result", "ReadValue", "Assign"}
+    for i, op in enumerate(model.get_ordered_ops()):
+        kind = op.get_type_name()
+        if kind not in keep and re.fullmatch(rf"{kind}_\d+", op.get_friendly_name()):
+            op.set_friendly_name(f"{kind}_{i}")
 
 
 def _retrace(source: Path, variant: OpenVINOVariant, out: Path) -> None:
