@@ -92,6 +92,9 @@ COMMANDS = {
                            (("--endpoint",), {"help": "hub URL (default: HF_ENDPOINT or huggingface.co)"}),
                            (("--dry-run",), {"action": "store_true", "help": "print the plan; write nothing"}),
                            (("--dvc-remote",), {"metavar": "NAME", "help": "also `dvc push -r NAME`"}))),
+    "verify": Command("pipeline.stages.verify:stage", "rebuild a release from what its provenance names and compare "
+                      "it file by file (identical, or within the bound it states); not a DVC stage",
+                      ((("release",), {"help": "a release directory, or ORG/NAME[@REVISION] on the hub"}),)),
     "matrix": Command("pipeline.stages.matrix:stage", "the CI job matrix (JSON for GitHub Actions' fromJSON): "
                       "which dvc repro targets each job owns, on which runner; not a DVC stage", (
                           (("--scale",), {"type": int, "dest": "scale_models", "metavar": "N",

@@ -24,6 +24,12 @@ A backend package `pipeline/backends/<name>/` exposes:
         runtime and settings as logits(); stops at the artifact's eos ids.
     card                   LIBRARY and RUNTIME names, tags(variant), upstream(src, dst, variant) (the upstream
                            command that makes the same artifact) and usage(repo, variant), for the model card
+    machine_dependent(variant) -> dict | None                      (optional)
+        The artifact's files whose bytes depend on the CPU that built it ({files, why, bound}); None or absent:
+        every file is the same bytes on any x86 CPU. The release's provenance carries it, `aipc verify` holds a
+        rebuild to it.
+    weight_difference(artifact_a, artifact_b) -> dict              (with machine_dependent)
+        The share of quantized codes (`codes`) and of float constants (`scales`) that differ between two builds.
 
 Adding a backend is a new package and one line in BACKENDS. Heavy libraries (optimum, nncf, onnxruntime-genai, torch)
 are imported inside the functions that use them, so importing a backend is cheap.

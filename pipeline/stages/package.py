@@ -242,14 +242,16 @@ def verify(root: Path) -> dict:
 
 def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, source_dir: Path, metrics_dir: Path,
         out: Path, *, thresholds: dict | None = None, enforce: bool = False, license: str | None = None,
-        repo: str | None = None) -> dict:
+        repo: str | None = None, wrapped: dict[str, dict] | None = None, machine_dependent: dict | None = None
+        ) -> dict:
     """Build the release directory `out` for one artifact (atomically); returns a summary for the stage's record.
 
     `variant` is the variant's params model; `metrics_dir` is metrics/<model>/<variant>/ (its
     export.json is required, smoke.json and quality.json are carried when present); `thresholds` the quality limits
     of the variant's family; with `enforce`, an artifact that misses one is refused (the same gate as the report
     stage, applied per variant so that packaging one variant never waits on, or reruns for, the others); `license`
-    overrides what the source says.
+    overrides what the source says; `wrapped` the params of the variants it wraps; `machine_dependent` what
+    machine_dependent() says of it.
     """
     artifact_dir, source_dir, metrics_dir, out = map(Path, (artifact_dir, source_dir, metrics_dir, out))
     fsutil.verify_manifest(artifact_dir)
@@ -294,7 +296,13 @@ def run(model_name: str, variant_name: str, variant: Any, artifact_dir: Path, so
         # machine and does not change a byte of the artifact.
         "versions": {k: v for k, v in (export.get("versions") or {}).items() if k != "platform"},
         "commands": commands(model_name, variant_name, variant),
+        # What `aipc verify` holds a rebuild to: these files byte for byte on any x86 CPU, the machine-dependent
+        # ones within their bound.
+        "rebuild": {"identical": sorted(set(files) - set((machine_dependent or {}).get("files", []))),
+                    **({"machine_dependent": machine_dependent} if machine_dependent else {})},
     }
+    if wrapped:
+        provenance["wrapped_params"] = wrapped
     if synthetic:
         provenance["synthetic"] = True
     text = card(model_name=model_name, variant_name=variant_name, variant=variant, source=source, license=license,
@@ -320,6 +328,20 @@ def stage(params, layout, model: str, variant_name: str) -> dict:
     print(f"[package] {model}-{variant_name} -> {out}", file=sys.stderr)
     return run(model, variant_name, variant, layout.artifact(model, variant_name), layout.artifact(model, SOURCE),
                layout.metrics(model, variant_name, "export").parent, out,
-               thresholds=limits.model_dump() if limits else None, enforce=params.quality.enforce)
+               thresholds=limits.model_dump() if limits else None, enforce=params.quality.enforce,
+               wrapped={made: params.variants[made].model_dump() for made in params.wrapped(variant_name)},
+               machine_dependent=machine_dependent(params, variant_name))
+
+
+def machine_dependent(params, variant_name: str) -> dict | None:
+    """Its backend's machine_dependent(variant) (files, why, bound), or that of a variant it wraps (whose files it
+    carries under the same names), with the backend that can compare two builds' weights (aipc verify)."""
+    for name in (variant_name, *params.wrapped(variant_name)):
+        variant = params.variants[name]
+        backend = backends.get(variant.backend)
+        found = getattr(backend, "machine_dependent", None) and backend.machine_dependent(variant)
+        if found:
+            return {**found, "backend": variant.backend}
+    return None
 
 

@@ -159,3 +159,29 @@ def weight_precisions(model_xml: Path, variant: OpenVINOVariant) -> dict:
             sum(lay["params"] for lay in int4_linear) / max(sum(lay["params"] for lay in ratio_defining), 1), 4
         ),
     }
+
+
+def weight_difference(a: Path, b: Path) -> dict:
+    """The share of elements that differ between two IRs of the same graph (artifact dirs): of the integer constants
+    (the quantized codes, packed int4 compared by byte) and of the float ones (scales, AWQ's multipliers, the
+    weights left in f16). Raises PipelineError when the graphs differ: then no share means anything."""
+    import openvino as ov
+
+    def constants(d: Path) -> list:
+        model = ov.Core().read_model(Path(d) / MODEL_XML)
+        return [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"]
+
+    ca, cb = constants(a), constants(b)
+    if len(ca) != len(cb):
+        raise PipelineError(f"{Path(b).name}/{MODEL_XML}: {len(cb)} constants, {len(ca)} in {Path(a)}: not the same "
+                            "graph")
+    counts = {"codes": [0, 0], "scales": [0, 0]}
+    for x, y in zip(ca, cb):
+        if x.get_element_type() != y.get_element_type() or x.get_output_shape(0) != y.get_output_shape(0):
+            raise PipelineError(f"{x.get_friendly_name()}: {x.get_element_type()}{x.get_output_shape(0)} vs "
+                                f"{y.get_element_type()}{y.get_output_shape(0)}: not the same graph")
+        dx, dy = x.get_data(), y.get_data()
+        kind = counts["codes" if x.get_element_type().is_integral() else "scales"]
+        kind[0] += int(np.count_nonzero(dx != dy))
+        kind[1] += dx.size
+    return {k: differing / max(total, 1) for k, (differing, total) in counts.items()}
