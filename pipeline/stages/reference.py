@@ -103,7 +103,7 @@ def run(
     source: Path, evalset: EvalSet, out: Path, *, max_new_tokens: int, top_k: int, long_sequence_tokens: int,
     phases: Phases | None = None, memory: int | None = None,
 ) -> dict:
-    """Run the checkpoint (float64 arithmetic) on the eval set and write reference.json + logits.npz into `out` atomically.
+    """Run the checkpoint (in float64) on the eval set and write reference.json + logits.npz into `out` atomically.
 
     Returns reference.json's record, plus `streamed` where a 16-bit checkpoint's weights did not fit in `memory`
     (bytes; None: what the machine has available once it is loaded): how they were read instead. That depends on the
