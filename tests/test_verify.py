@@ -166,6 +166,12 @@ def test_params_or_tools_other_than_the_releases_fail_in_one_line(built, tmp_pat
                                                               "release, 128 here"),
         (lambda p: p["export"]["versions"].update(nncf="2.0.0"), "the release was exported with nncf 2.0.0, this "
                                                                  "machine has "),
+        # a tamperer who declares the weights machine-dependent, hoping for a bound
+        (lambda p: p["rebuild"].update(machine_dependent={"files": ["openvino_model.bin"], "why": "",
+                                                          "bound": {"code_share": 1, "kl_shift": 1},
+                                                          "backend": "openvino"}),
+         "provenance.json lets openvino_model.bin (bound {'code_share': 1, 'kl_shift': 1}) differ from a rebuild, "
+         "where this project lets no file of ov-int4"),
     ):
         changed = json.loads(json.dumps(prov))
         edit(changed)

@@ -5,7 +5,8 @@ variant it wraps), the source's files, the versions of the tools its export ran,
 files any x86 machine rebuilds byte for byte and which it cannot, with why and the bound those stay within. verify
   1. checks the release against its own manifest.json (a byte changed since packaging fails here, naming the file),
   2. checks this project would build the same thing: the variant's params in params.yaml and the installed versions
-     of the tools the export ran equal the release's,
+     of the tools the export ran equal the release's, and so does which files may differ (this project's say, not
+     the release's: a release cannot widen its own bound),
   3. rebuilds in a scratch root under the project (`aipc --root <scratch> fetch / ir / export ...`, the commands the
      card lists, each in its own process as DVC runs them; deleted afterwards),
   4. prints one line per file: identical; within the bound (a machine-dependent file: the share of its quantized
@@ -63,6 +64,14 @@ def require_same_build(params, prov: dict) -> None:
         mine = params.variants[made].model_dump() if made in params.variants else {}
         if mine != theirs:
             raise PipelineError(f"params.yaml's variant {_differing(made, mine, theirs)}")
+    # Which files may differ, and by how much, is this project's to say: a release cannot widen its own bound.
+    claimed, spec = (prov.get("rebuild") or {}).get("machine_dependent"), package.machine_dependent(params, name)
+    if claimed != spec:
+        def what(md: dict | None) -> str:
+            return f"{', '.join(md['files'])} (bound {md['bound']})" if md else "no file"
+
+        raise PipelineError(f"provenance.json lets {what(claimed)} differ from a rebuild, where this project lets "
+                            f"{what(spec)} of {name}")
     for dist, theirs in sorted((prov.get("export", {}).get("versions") or {}).items()):
         if not DISTRIBUTION.fullmatch(dist):
             continue  # not a distribution (the EP plugin's bundled OpenVINO: its wheel's version pins it)
@@ -106,11 +115,12 @@ def judge_bounded(release: Path, rebuilt: Path, variant, spec: dict, reference: 
     return share["codes"] <= bound["code_share"] and shift <= bound["kl_shift"], figures
 
 
-def compare(release: Path, rebuilt: Path, prov: dict) -> tuple[list[tuple[str, str, str]], list[str]]:
+def compare(release: Path, rebuilt: Path, prov: dict, spec: dict | None
+            ) -> tuple[list[tuple[str, str, str]], list[str]]:
     """(file, verdict, detail) per file, and the machine-dependent files whose bytes differ (judged later)."""
     listed = prov["artifact_files_sha256"]
     made = fsutil.hash_tree(rebuilt)
-    bounded = set((prov.get("rebuild", {}).get("machine_dependent") or {}).get("files", []))
+    bounded = set((spec or {}).get("files", []))
     lines, pending = [], []
     for name in sorted({*listed, *made}):
         if name not in made:
@@ -137,10 +147,10 @@ def run(params, layout: Layout, release_arg: str) -> int:
         require_same_build(params, prov)
         model, name = prov["model"], prov["variant"]
         variant = params.variants[name]
-        spec = (prov.get("rebuild") or {}).get("machine_dependent")
+        spec = package.machine_dependent(params, name)
         there = rebuild(layout, scratch / "root", package.commands(model, name, variant)["stages"].splitlines())
         source = there.artifact(model, SOURCE)
-        lines, pending = compare(release, there.artifact(model, name), prov)
+        lines, pending = compare(release, there.artifact(model, name), prov, spec)
         got = fsutil.hash_tree(source, skip=fsutil.MANIFEST)
         lines.insert(0, (f"source ({len(got)} files)", "identical", "") if got == prov["source_files_sha256"] else
                      (f"source ({len(got)} files)", "FAIL", "the fetched checkpoint is not the one the release names"))
