@@ -17,14 +17,12 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.stages.report import decode_speed, weight_bytes  # noqa: E402
+from pipeline.devicecost import bandwidth, weight_bytes  # noqa: E402
+from pipeline.stages.report import decode_speed  # noqa: E402
 
 VARIANTS = ("ov-int4", "ort-cpu-int4")
 
@@ -36,30 +34,6 @@ def bound_tokens_per_s(bandwidth_gb_s: float, weight_bytes_per_token: int) -> fl
 
 def fraction_of_bound(tokens_per_s: float, bandwidth_gb_s: float, weight_bytes_per_token: int) -> float:
     return tokens_per_s / bound_tokens_per_s(bandwidth_gb_s, weight_bytes_per_token)
-
-
-def bandwidth(mb: int = 512, repeats: int = 5) -> dict[str, float]:
-    """Best GB/s of: a copy (bytes read + written), a one-thread sum, and a sum split over every core (bytes read)."""
-    src = np.ones(mb * 2**20 // 8)
-    dst = np.empty_like(src)
-    threads = os.cpu_count() or 1
-    parts = np.array_split(src, threads)
-
-    def best(fn, moved: int) -> float:
-        fn()  # fault the pages in
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return moved / min(times) / 1e9
-
-    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside the reduction
-        return {
-            "copy": best(lambda: np.copyto(dst, src), 2 * src.nbytes),
-            "sum_1_thread": best(lambda: src.sum(), src.nbytes),
-            f"sum_{threads}_threads": best(lambda: sum(pool.map(np.sum, parts)), src.nbytes),
-        }
 
 
 def fresh_tokens_per_s(artifact: Path, backend: str, new_tokens: int = 64) -> float:

@@ -79,12 +79,31 @@ class Prompt(Strict):
     expect: str | None = None  # a substring the default model's answer should contain (recorded, not gated)
 
 
+class ContextParams(Strict):
+    """The smoke stage's context-cost run (pipeline/devicecost.py): a prompt of each length (those that fit the
+    model's context), then `new_tokens` more, timed, with the process's peak RSS; empty `lengths`: not measured."""
+
+    lengths: list[Annotated[int, Field(ge=1)]] = [128, 1024, 2048, 4096]
+    new_tokens: Annotated[int, Field(ge=2, le=512)] = 16
+    # OpenVINO's KV cache element type on CPU (its KV_CACHE_PRECISION; u8 is the CPU plugin's own default on x86).
+    kv_cache_precision: Literal["u8", "f16", "bf16", "f32"] = "u8"
+    budgets_gib: list[Annotated[int, Field(ge=1)]] = [8, 16, 32]
+
+    @field_validator("lengths")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if v and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+            raise ValueError(f"lengths must be at least two increasing context lengths (a slope needs two), not {v}")
+        return v
+
+
 class SmokeParams(Strict):
     prompts: list[Prompt] = Field(min_length=1)
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
     # Static shapes of the NPU pipeline (openvino_genai NPU plugin); prompts longer than this are rejected.
     npu_max_prompt_len: Annotated[int, Field(ge=16)] = 256
     npu_min_response_len: Annotated[int, Field(ge=1)] = 64
+    context: ContextParams = ContextParams()
 
 
 class Thresholds(Strict):

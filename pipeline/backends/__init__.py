@@ -15,6 +15,11 @@ A backend package `pipeline/backends/<name>/` exposes:
         Load the artifact with its own runtime, generate for each chat prompt, check tokenizer parity against the
         source tokenizer, and return the record described in pipeline/stages/smoke.py. Never raises for a failed
         run: a failure is a record with status "failed" and its reason.
+    context_cost(artifact, variant, context, lengths) -> dict      (optional)
+        For each context length, a prompt of that many ids in one pass and `context.new_tokens` more: time to the
+        first new id, decode tokens/s and peak RSS (common.context_points), with the runtime, its settings read
+        back from what ran, the KV cache's element size and the runtime's options for a smaller cache; the smoke
+        stage adds what pipeline/devicecost.py derives. Absent: the smoke record says it was not measured.
     logits(artifact, variant, input_ids) -> np.ndarray
         Teacher-forced logits, shape [len(input_ids), vocab], float32, from the artifact's own runtime.
     logits_many(artifact, variant, sequences) -> list[np.ndarray]   (optional)

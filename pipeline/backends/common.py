@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -243,3 +244,139 @@ while not generator.is_done():
     generator.generate_next_token()
 print(tokenizer.decode(generator.get_sequence(0)))
 ```"""
+
+
+# ---- context cost: the points each backend's context_cost() measures (pipeline/devicecost.py derives from them) ----
+
+
+def context_ids(n: int, vocab: int) -> list[int]:
+    """`n` prompt ids for a cost run: a fixed walk over the vocabulary (time and memory do not depend on which)."""
+    return [(7 + i * 7919) % vocab for i in range(n)]
+
+
+def _peak_rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
+def context_points(step: Callable[[int, int], tuple[float, float]], lengths: Sequence[int], new_tokens: int,
+                   label: str) -> list[dict]:
+    """For each context length n: `step(n, new_tokens)` prefills n ids and decodes new_tokens more, returning
+    (seconds to the first new token, decode tokens/s after it); beside them the process's peak RSS during that step
+    alone (Linux resets the high-water mark on writing 5 to clear_refs)."""
+    import gc
+
+    step(16, 2)  # warm-up: the runtime's first call compiles kernels the timed ones should not pay for
+    points = []
+    for n in lengths:
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        ttft_s, decode = step(n, new_tokens)
+        points.append({"tokens": n, "ttft_ms": round(ttft_s * 1000, 1), "decode_tokens_per_s": round(decode, 2),
+                       "peak_rss_mb": round(_peak_rss_mb(), 1)})
+        print(f"[smoke] {label}: {n}-token context: first token {ttft_s:.2f} s, {decode:.1f} tokens/s, peak RSS "
+              f"{points[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+    return points
+
+
+def ov_feed(ids: Sequence[int], past: int = 0) -> dict:
+    """The stateful decoder IR's inputs for `ids` after `past` positions already in its state (its KV cache)."""
+    import numpy as np
+
+    n = len(ids)
+    return {"input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, past + n), dtype=np.int64),
+            "position_ids": np.arange(past, past + n, dtype=np.int64)[None],
+            "beam_idx": np.zeros((1,), dtype=np.int32)}
+
+
+def ov_last_logits(model) -> None:
+    """Compute the logits of the last position only, as openvino-genai's pipelines do to a decoder IR (whose logits
+    output holds every position's: a 4k prompt's would be 4096 x vocab floats): a Slice before the LM head."""
+    from openvino import opset13 as ops
+
+    node = model.output("logits").get_node()
+    while node.get_type_name() != "MatMul":  # through the Result and any Convert / scaling after the head
+        node = node.input_value(0).get_node()
+    hidden = node.input_value(0)
+    last = ops.slice(hidden, [-1], [2**62], [1], [1])
+    node.input(0).replace_source_output(last.output(0))
+    model.validate_nodes_and_infer_types()
+
+
+def ov_step(compiled, vocab: int) -> Callable[[int, int], tuple[float, float]]:
+    """context_points()'s step over a compiled stateful decoder IR: the prompt in one pass, then one id a step."""
+    request = compiled.create_infer_request()
+
+    def step(n: int, new_tokens: int) -> tuple[float, float]:
+        request.reset_state()
+        start = time.perf_counter()
+        token = int(request.infer(ov_feed(context_ids(n, vocab)))["logits"][0, -1].argmax())
+        first = time.perf_counter()
+        for i in range(new_tokens):
+            token = int(request.infer(ov_feed([token], past=n + i))["logits"][0, -1].argmax())
+        return first - start, new_tokens / (time.perf_counter() - first)
+
+    return step
+
+
+def ov_context_cost(xml: Path, config: dict, lengths: Sequence[int], new_tokens: int, label: str) -> dict:
+    """context_points() of an OpenVINO IR on the CPU plugin with `config`, and the settings read back from the
+    compiled model that ran them."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    ov_last_logits(model)
+    vocab = model.output("logits").get_partial_shape()[2].get_length()
+    compiled = core.compile_model(model, "CPU", config)
+    read = {k: compiled.get_property(k) for k in OV_COST_SETTINGS}
+    settings = {k: v.get_type_name() if hasattr(v, "get_type_name") else str(v) for k, v in read.items()}
+    return {"measured": True, "device": "CPU", "settings": settings,
+            "kv_element_bytes": read["KV_CACHE_PRECISION"].bitwidth / 8,
+            "runtime": f"OpenVINO {ov.get_version().split('-', 1)[0]} (the IR's stateful infer request, the prompt "
+                       "in one pass)",
+            "kv_cache": f"{settings['KV_CACHE_PRECISION']} (OpenVINO's KV_CACHE_PRECISION)",
+            "kv_cache_options": OV_KV_OPTIONS,
+            "points": context_points(ov_step(compiled, vocab), lengths, new_tokens, label)}
+
+
+OV_COST_SETTINGS = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+                    "INFERENCE_NUM_THREADS")
+OV_KV_OPTIONS = ("OpenVINO's CPU plugin takes KV_CACHE_PRECISION as a property (u8 is already its x86 default; "
+                 "f16 and f32 double and quadruple the cache); with openvino-genai: "
+                 "LLMPipeline(path, \"CPU\", KV_CACHE_PRECISION=\"u8\").")
+
+
+def genai_step(model, vocab: int) -> Callable[[int, int], tuple[float, float]]:
+    """context_points()'s step through an onnxruntime-genai model."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    def step(n: int, new_tokens: int) -> tuple[float, float]:
+        params = og.GeneratorParams(model)
+        # min_length: no early stop at an eos id, so every length decodes the same number of tokens
+        params.set_search_options(do_sample=False, max_length=n + new_tokens + 1, min_length=n + new_tokens + 1)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray(context_ids(n, vocab), dtype=np.int32))
+        generator.generate_next_token()
+        first = time.perf_counter()
+        for _ in range(new_tokens):
+            generator.generate_next_token()
+        return first - start, new_tokens / (time.perf_counter() - first)
+
+    return step
+
+
+def genai_context_cost(model, artifact: Path, lengths: Sequence[int], new_tokens: int, label: str, *,
+                       settings: dict, kv_cache: str, kv_element_bytes: float | None, kv_cache_options: str
+                       ) -> dict:
+    """context_points() of an onnxruntime-genai model, with what the caller read back of its settings."""
+    import json
+
+    vocab = json.loads((Path(artifact) / "genai_config.json").read_text())["model"]["vocab_size"]
+    return {"measured": True, "device": model.device_type, "settings": settings,
+            "runtime": f"onnxruntime-genai {versions('onnxruntime-genai')['onnxruntime-genai']}",
+            "kv_cache": kv_cache, "kv_element_bytes": kv_element_bytes, "kv_cache_options": kv_cache_options,
+            "points": context_points(genai_step(model, vocab), lengths, new_tokens, label)}

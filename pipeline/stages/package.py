@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import backends, fsutil
+from pipeline import backends, devicecost, fsutil
 from pipeline.errors import PipelineError
 from pipeline.gate import LIMITS, limits_for, misses
 from pipeline.record import untimed
@@ -160,6 +160,10 @@ TEMPLATE = """---
 
 {{ perf_table }}
 
+## Device cost (measured on the build machine)
+
+{{ device_cost }}
+
 ## Use it
 
 {{ usage }}
@@ -214,6 +218,7 @@ def card(*, model_name: str, variant_name: str, variant, source: dict, license: 
         runtime=facts.RUNTIME,
         quality_table=_quality_table(quality, thresholds, missed),
         perf_table=_perf_table(smoke),
+        device_cost="\n".join(devicecost.card_lines((smoke or {}).get("context"))),
         system=((smoke or {}).get("versions") or {}).get("system") or "unknown",
         usage=facts.usage(repo or f"<org>/{model_name}-{variant_name}", variant),
         commands=commands(model_name, variant_name, variant),

@@ -15,7 +15,9 @@ quality stage), and DVC refuses a stage whose output lies inside its own depende
 
 Each row also carries the artifact's performance, read from the metrics its other stages wrote: time to first token
 and decode tokens/s of its first smoke run on CPU (the device is recorded beside them), peak RSS of smoke and
-quality, bytes on disk, and the export stage's wall time and peak RSS. `exports` lists every export stage of the
+quality, bytes on disk, and the export stage's wall time and peak RSS; from the smoke's context run
+(pipeline/devicecost.py), decode as a fraction of the bandwidth bound, the longest prompt's time to first token,
+memory KiB per token of context and the longest context that fits in 16 GiB. `exports` lists every export stage of the
 model (ir-fp16 included). The same rows feed reports/plots.json (for `dvc plots`) and reports/index.html with its
 PNG charts (pipeline/html_report.py), which are written before the gate raises, so a failing run still explains
 itself.
@@ -34,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline import backends, fsutil
+from pipeline.devicecost import weight_bytes
 from pipeline.errors import PipelineError
 from pipeline.gate import limits_for, misses
 from pipeline.layout import REFERENCE, SOURCE, Layout
@@ -42,8 +45,6 @@ from pipeline.params import QualityParams
 REPORT = "reports/quality.json"
 PLOTS = "reports/plots.json"
 HTML = "reports/index.html"
-# The file(s) that hold an artifact's weights: what one decoded token reads (bench/bandwidth.py).
-WEIGHT_FILES = ("openvino_model.bin", "model.onnx.data", "model.onnx")
 COLUMNS = [("cosine", "{:.5f}"), ("top1", "{:.3f}"), ("kl", "{:.2e}"), ("ppl_ratio", "{:.4f}"),
            ("similarity", "{:.3f}"), ("answers_identical", "{:.2f}")]
 
@@ -148,7 +149,9 @@ def is_synthetic(model_metrics: Path) -> bool:
 
 
 PERF_COLUMNS = [("size_mb", "{:.1f}"), ("ttft_ms", "{:.1f}"), ("tokens_per_s", "{:.1f}"),
-                ("smoke_rss_mb", "{:.0f}"), ("export_wall_s", "{:.1f}"), ("export_rss_mb", "{:.0f}")]
+                ("decode_of_bound", "{:.0%}"), ("ttft_long_s", "{:.2f}"), ("kib_per_token", "{:.1f}"),
+                ("fits_16gib", "{:,}"), ("smoke_rss_mb", "{:.0f}"), ("export_wall_s", "{:.1f}"),
+                ("export_rss_mb", "{:.0f}")]
 PLOT_FIELDS = ["model", "variant", "family", "size_mb", "cosine", "top1", "kl", "ppl_ratio", "similarity", "ttft_ms",
                "tokens_per_s", "device", "fallback"]
 
@@ -183,12 +186,6 @@ def disk_bytes(artifact: Path, export: dict | None = None) -> int | None:
     return sum(files.values()) if isinstance(files, dict) else None
 
 
-def weight_bytes(artifact: Path) -> int | None:
-    """Size of the artifact's weight file (the first of WEIGHT_FILES present), or None."""
-    found = [Path(artifact) / name for name in WEIGHT_FILES if (Path(artifact) / name).is_file()]
-    return found[0].stat().st_size if found else None
-
-
 def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -207,10 +204,26 @@ def performance(metrics_dir: Path, artifact: Path, quality_rss_mb: float | None 
         "device": speed and speed["device"],
         "fallback": speed and speed["fallback"],
         "smoke_rss_mb": smoke and smoke.get("peak_rss_mb"),
+        **device_cost(smoke),
         "quality_rss_mb": quality_rss_mb,
         "export_wall_s": export and export.get("wall_s"),
         "export_rss_mb": export and export.get("peak_rss_mb"),
     }
+
+
+def device_cost(smoke: dict | None) -> dict:
+    """The report's device-cost columns from smoke.json's context run: decode as a fraction of the bandwidth bound,
+    time to first token at the longest prompt measured, memory KiB per token of context, the longest context within
+    16 GiB."""
+    derived = ((smoke or {}).get("context") or {}).get("derived") or {}
+    ttft = derived.get("ttft_ms") or {}
+    longest = max(ttft, key=int) if ttft else None
+    per_token = derived.get("memory_bytes_per_token")
+    return {"decode_of_bound": (derived.get("decode") or {}).get("fraction_of_bound"),
+            "ttft_long_tokens": int(longest) if longest else None,
+            "ttft_long_s": round(ttft[longest] / 1000, 3) if longest else None,
+            "kib_per_token": round(per_token / 1024, 2) if per_token else None,
+            "fits_16gib": (derived.get("fits") or {}).get("16")}
 
 
 def export_stages(metrics_root: Path, models: set[str], variants: Mapping) -> list[dict]:

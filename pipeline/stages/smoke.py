@@ -7,12 +7,15 @@ A failed smoke writes its record and then fails the stage: nothing downstream co
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
-from pipeline import backends, fsutil
+from pipeline import backends, devicecost, fsutil
+from pipeline.backends.common import one_line
 from pipeline.errors import PipelineError
 from pipeline.layout import SOURCE, Layout
-from pipeline.params import Params
+from pipeline.params import ContextParams, Params, Variant
 from pipeline.record import measured
 
 
@@ -30,6 +33,8 @@ def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict
                   if p.get("tokens_per_s")]
         if speeds:
             rec["decode_tokens_per_s"] = round(sum(speeds) / len(speeds), 2)
+        if rec["status"] == "passed" and params.smoke.context.lengths:
+            rec["context"] = context(artifact, variant, params.smoke.context, source)
     fsutil.write_json(layout.metrics(model, variant_name, "smoke"), rec)
     for run_ in rec.get("runs", []):
         where = run_["device"] + (f" (requested {run_['requested']}: {run_['fallback']})" if run_.get("fallback") else "")
@@ -38,3 +43,27 @@ def stage(params: Params, layout: Layout, model: str, variant_name: str) -> dict
     if rec["status"] != "passed":
         raise PipelineError(f"smoke {model}-{variant_name} failed: {rec.get('reason')}")
     return rec
+
+
+def context(artifact: Path, variant: Variant, ctx: ContextParams, source: Path) -> dict:
+    """The context-cost record: the backend's measured points (or why there are none) and what devicecost derives
+    from them. Its own failure is recorded, not raised: the artifact ran, the smoke passed."""
+    cost_fn = getattr(backends.get(variant.backend), "context_cost", None)
+    if cost_fn is None:
+        return {"measured": False, "reason": f"the {variant.backend} backend has no context-cost run"}
+    config = json.loads((Path(source) / "config.json").read_text())
+    max_context = config["max_position_embeddings"]
+    lengths = [n for n in ctx.lengths if n + ctx.new_tokens + 1 <= max_context]
+    if len(lengths) < 2:
+        return {"measured": False,
+                "reason": f"fewer than two of {ctx.lengths} fit the model's {max_context}-token context"}
+    # Measured before the model loads, so its 1 GB of buffers is gone by then.
+    bandwidth = max(devicecost.bandwidth().values())
+    try:
+        cost = cost_fn(artifact, variant, ctx, lengths)
+    except Exception as e:
+        print(f"[smoke] {Path(artifact).name}: context cost not measured: {one_line(e)}", file=sys.stderr)
+        return {"measured": False, "reason": one_line(e)}
+    cost["derived"] = devicecost.derive(cost, weights=devicecost.weight_bytes(artifact), bandwidth_gb_s=bandwidth,
+                                        config=config, budgets_gib=ctx.budgets_gib)
+    return cost

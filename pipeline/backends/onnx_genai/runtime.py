@@ -5,6 +5,7 @@ execution provider, and the record says so."""
 from __future__ import annotations
 
 import functools
+import json
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,13 +13,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.backends.common import concluded, genai_greedy, genai_prompt, genai_tokenizer_parity, versions
+from pipeline.backends.common import (
+    concluded,
+    genai_context_cost,
+    genai_greedy,
+    genai_prompt,
+    genai_tokenizer_parity,
+    versions,
+)
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import MODEL_ONNX
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.params import SmokeParams
+    from pipeline.params import ContextParams, SmokeParams
 
 # Execution providers other than CPU: the name a user knows, and onnxruntime-genai's probe for it in this build.
 PROVIDERS = {
@@ -69,6 +77,32 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
     except Exception as e:
         return concluded(record, e)
     return concluded(record)
+
+
+# onnx's TensorProto element types of a KV cache input, by name.
+KV_DTYPES = {1: ("float32", 4), 10: ("float16", 2), 16: ("bfloat16", 2), 3: ("int8", 1), 2: ("uint8", 1)}
+KV_OPTIONS = ("onnxruntime-genai's model builder can store the cache in int8, int4 or fp8 (extra option "
+              "kv_cache_quant_scheme, with calibrated scales from kv_cache_scale_file); not built here yet.")
+
+
+def context_cost(artifact: Path, variant: OnnxGenaiVariant, context: ContextParams, lengths: list[int]) -> dict:
+    """Time to first token, decode speed and peak RSS at each context length through onnxruntime-genai, on the
+    provider smoke() uses; the KV cache's element type read from the graph's inputs."""
+    import onnx
+
+    artifact = Path(artifact)
+    graph = onnx.load(str(artifact / MODEL_ONNX), load_external_data=False).graph
+    kv, kv_bytes = next((KV_DTYPES.get(i.type.tensor_type.elem_type, (str(i.type.tensor_type.elem_type), None))
+                         for i in graph.input if i.name.startswith("past_key_values")), ("none", None))
+    del graph
+    search = json.loads((artifact / "genai_config.json").read_text())["search"]
+    model, run = _load(artifact, variant)
+    settings = {"provider": run["device"], "kv_cache_dtype": kv,
+                "past_present_share_buffer": search.get("past_present_share_buffer")}
+    cost = genai_context_cost(model, artifact, lengths, context.new_tokens, artifact.name, settings=settings,
+                              kv_cache=f"{kv} (the graph's past_key_values inputs)", kv_element_bytes=kv_bytes,
+                              kv_cache_options=KV_OPTIONS)
+    return {**cost, "fallback": run["fallback"]}
 
 
 def generate(artifact: Path, variant: OnnxGenaiVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int

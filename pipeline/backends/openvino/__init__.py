@@ -48,7 +48,8 @@ def lock_lines() -> list[str]:
 
 # Where the interface's functions live. Loaded on first use, so that params.py (which needs only Variant) and
 # the other backends' stages never import this backend's export and runtime code.
-_PROVIDED = {"export": "convert", "export_ir": "convert", "smoke": "runtime", "logits": "runtime",
+_PROVIDED = {"export": "convert", "export_ir": "convert", "smoke": "runtime",
+             "context_cost": "runtime", "logits": "runtime",
              "generate": "runtime", "weight_difference": "readback", "card": None}
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import calibset
-from pipeline.backends.common import source_ids, source_tokenizer
+from pipeline.backends.common import ov_feed, source_ids, source_tokenizer
 from pipeline.backends.openvino.readback import MODEL_XML
 from pipeline.errors import PipelineError
 from pipeline.fsutil import MANIFEST, sha256_file
@@ -42,13 +42,7 @@ def samples(source: Path, variant) -> list[list[int]]:
 
 def prefill(ids) -> dict[str, np.ndarray]:
     """One prefill of `ids` from an empty state, as the stateful decoder IR takes it (the KV cache is its state)."""
-    n = len(ids)
-    return {
-        "input_ids": np.asarray([ids], dtype=np.int64),
-        "attention_mask": np.ones((1, n), dtype=np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None],
-        "beam_idx": np.zeros((1,), dtype=np.int32),
-    }
+    return ov_feed(ids)
 
 
 def inputs(model, ids: list[int]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.backends.common import (
     chat_text,
     concluded,
+    ov_context_cost,
     one_line,
     prompt_record,
     tokenizer_parity,
@@ -24,7 +25,7 @@ from pipeline.backends.openvino.params import OpenVINOVariant
 from pipeline.backends.openvino.readback import MODEL_XML
 
 if TYPE_CHECKING:
-    from pipeline.params import SmokeParams
+    from pipeline.params import ContextParams, SmokeParams
 
 # OpenVINO on CPU in f32, for the quality stage and the C++ runner's parity check: the CPU plugin otherwise picks
 # bf16 (on CPUs with AVX512-BF16/AMX), an f16/u8 KV cache and dynamic int8 activations, each of which moves the
@@ -113,6 +114,13 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
     except Exception as e:
         run["error"] = one_line(e)
     return run
+
+
+def context_cost(artifact: Path, variant: OpenVINOVariant, context: ContextParams, lengths: list[int]) -> dict:
+    """Time to first token, decode speed and peak RSS at each context length, on the CPU plugin with its defaults
+    (bf16 where the CPU has it, as openvino-genai users get) and the KV cache precision of `context`."""
+    return ov_context_cost(Path(artifact) / MODEL_XML, {"KV_CACHE_PRECISION": context.kv_cache_precision}, lengths,
+                           context.new_tokens, Path(artifact).name)
 
 
 @functools.lru_cache(maxsize=1)

@@ -45,7 +45,8 @@ def lock_lines() -> list[str]:
 
 # Where the interface's functions live. Loaded on first use, so that params.py (which needs only Variant) and
 # the other backends' stages never import this backend's export and runtime code.
-_PROVIDED = {"export": "wrap", "smoke": "runtime", "logits": "runtime", "generate": "runtime", "card": None}
+_PROVIDED = {"export": "wrap", "smoke": "runtime",
+             "context_cost": "runtime", "logits": "runtime", "generate": "runtime", "card": None}
 
 
 def __getattr__(name: str):

@@ -21,9 +21,12 @@ import numpy as np
 from pipeline.backends.common import (
     chat_text,
     concluded,
+    genai_context_cost,
     genai_greedy,
     genai_prompt,
     genai_tokenizer_parity,
+    ov_context_cost,
+    ov_feed,
     prompt_record,
     tokenizer_parity,
     versions,
@@ -33,7 +36,7 @@ from pipeline.backends.openvino_ep.params import OpenVINOEPVariant
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.params import SmokeParams
+    from pipeline.params import ContextParams, SmokeParams
 
 MODEL_ONNX = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -129,6 +132,23 @@ def smoke(artifact: Path, variant: OpenVINOEPVariant, smoke: SmokeParams, source
     return concluded(record)
 
 
+def context_cost(artifact: Path, variant: OpenVINOEPVariant, context: ContextParams, lengths: list[int]) -> dict:
+    """Time to first token, decode speed and peak RSS at each context length on the EP through onnxruntime-genai
+    (or the fallback smoke() takes); the EP compiles with the CPU plugin's defaults, KV cache included."""
+    artifact = Path(artifact)
+    device, fallback = _device(variant)
+    if device is None:
+        cost = ov_context_cost(artifact / _ir_name(artifact), {}, lengths, context.new_tokens, artifact.name)
+    else:
+        cost = genai_context_cost(
+            _genai_model(artifact, device), artifact, lengths, context.new_tokens, artifact.name,
+            settings={"provider": f"OpenVINO EP {device}"}, kv_cache="the OpenVINO EP's default (u8 on x86 CPUs)",
+            kv_element_bytes=None,
+            kv_cache_options="the EP passes OpenVINO properties through its load_config provider option "
+                             "(e.g. KV_CACHE_PRECISION).")
+    return {**cost, "fallback": fallback}
+
+
 def whole_graph_on_ep(artifact: Path, device: str) -> bool:
     """True once an onnxruntime session with CPU-EP fallback disabled has taken the graph on the EP's `device`;
     raises with onnxruntime's reason otherwise (a node the EP does not claim, an IR it cannot read)."""
@@ -192,26 +212,18 @@ def _ir_name(artifact: Path) -> str:
     return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "ep_cache_context").decode()
 
 
-def _feed(ids: Sequence[int], past: int = 0) -> dict[str, np.ndarray]:
-    n = len(ids)
-    return {"input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, past + n), dtype=np.int64),
-            "position_ids": np.arange(past, past + n, dtype=np.int64)[None],
-            "beam_idx": np.zeros((1,), dtype=np.int32)}
-
-
 def logits(artifact: Path, variant: OpenVINOEPVariant, input_ids: Sequence[int]) -> np.ndarray:
     """Teacher-forced logits [len(input_ids), vocab], float32, from one pass on the EP (or the fallback)."""
     device = _device(variant)[0]
     if device is None:
         request = _loaded(artifact, variant)[0].create_infer_request()
         request.reset_state()
-        return np.asarray(request.infer(_feed(input_ids))["logits"][0], dtype=np.float32)
+        return np.asarray(request.infer(ov_feed(input_ids))["logits"][0], dtype=np.float32)
     # Not the genai model generate() keeps (a second compiled copy beside this one at real size). A session of its own per sequence: the EP keeps the stateful IR's KV cache in the session and offers no reset,
     # so a second run would continue the first sequence. Without enable_causallm it returns every position's logits
     # (with it, only the last; those are bit-identical, measured).
     session = _session(Path(artifact), device, causal=False)
-    return np.asarray(session.run(["logits"], _feed(input_ids))[0][0], dtype=np.float32)
+    return np.asarray(session.run(["logits"], ov_feed(input_ids))[0][0], dtype=np.float32)
 
 
 def generate(artifact: Path, variant: OpenVINOEPVariant, prompts: Sequence[Sequence[int]], max_new_tokens: int
@@ -236,14 +248,14 @@ def _ov_greedy(compiled, ids: Sequence[int], max_new_tokens: int, eos: set[int]
     request = compiled.create_infer_request()
     request.reset_state()
     start, first, new = time.perf_counter(), None, []
-    feed = _feed(ids)
+    feed = ov_feed(ids)
     while len(new) < max_new_tokens:
         token = int(request.infer(feed)["logits"][0, -1].argmax())
         new.append(token)
         first = first or time.perf_counter()
         if token in eos:
             break
-        feed = _feed([token], past=len(ids) + len(new) - 1)
+        feed = ov_feed([token], past=len(ids) + len(new) - 1)
     return new, start, first
 
 
