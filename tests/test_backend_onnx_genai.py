@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.backends.onnx_genai.builder import BUILDER_CACHE
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import check_graph, read_back
-from pipeline.params import Prompt, SmokeParams
+from pipeline.params import ContextParams, Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import assert_greedy
 
@@ -289,6 +289,18 @@ def test_smoke(name, exported, tiny_models):
     for p in run["prompts"]:
         assert p["new_tokens"] > 0 and p["ttft_ms"] > 0
     assert [(p["expect"], type(p["contains_expect"])) for p in run["prompts"]] == [("Paris", bool), (None, type(None))]
+
+
+@pytest.mark.parametrize("name, dtype, element_bytes", [("ort-cpu-int4", "float32", 4), ("ort-dml-fp16", "float16", 2)])
+def test_the_context_run_reads_the_kv_cache_type_from_the_graph(name, dtype, element_bytes, exported):
+    artifact, _ = exported("mini-4k", name)
+    context = ContextParams(lengths=[32, 256], new_tokens=4)
+    cost = onnx_genai.context_cost(artifact, VARIANTS[name], context, context.lengths)
+    assert cost["settings"]["kv_cache_dtype"] == dtype and cost["kv_element_bytes"] == element_bytes
+    assert cost["settings"]["provider"] == "CPU"
+    assert [p["tokens"] for p in cost["points"]] == [32, 256]
+    for p in cost["points"]:
+        assert p["ttft_ms"] > 0 and p["decode_tokens_per_s"] > 0 and p["peak_rss_mb"] > 100
 
 
 def test_smoke_failure_is_a_record(tmp_path, tiny_models):

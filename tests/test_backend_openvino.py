@@ -16,7 +16,7 @@ from pipeline.backends.openvino.convert import TOKENIZER_IRS
 from pipeline.errors import PipelineError
 from pipeline.layout import IR_FP16
 from pipeline.backends.openvino.params import OpenVINOVariant
-from pipeline.params import Prompt, SmokeParams
+from pipeline.params import ContextParams, Prompt, SmokeParams
 from tests import tiny
 from tests.conftest import ROOT, assert_greedy
 
@@ -234,6 +234,36 @@ def test_smoke_runs_and_records(name, tiny_model, artifacts):
             assert 0 < p["new_tokens"] <= SMOKE.max_new_tokens and p["ttft_ms"] > 0 and p["tokens_per_s"] > 0
             assert p["prompt_tokens"] > 10  # the chat template was applied (the bare prompt is 7 tokens)
             assert p["contains_expect"] == (None if p["expect"] is None else p["expect"] in p["text"])
+
+
+@pytest.mark.parametrize("precision, element_bytes", [("u8", 1), ("f16", 2)])
+def test_the_context_run_reads_back_the_kv_precision_it_ran_with(precision, element_bytes, artifacts):
+    artifact = artifacts["mini-4k", "ov-int4"][0]
+    context = ContextParams(lengths=[32, 256], new_tokens=4, kv_cache_precision=precision)
+    cost = backend.context_cost(artifact, VARIANTS["ov-int4"], context, context.lengths)
+    assert cost["settings"]["KV_CACHE_PRECISION"] == precision and cost["kv_element_bytes"] == element_bytes
+    assert [p["tokens"] for p in cost["points"]] == [32, 256]
+    for p in cost["points"]:
+        assert p["ttft_ms"] > 0 and p["decode_tokens_per_s"] > 0 and p["peak_rss_mb"] > 100
+
+
+def test_the_context_run_computes_the_last_positions_logits_exactly(artifacts):
+    """The Slice put before the LM head (as openvino-genai does) keeps the last row of the full model's logits."""
+    import openvino as ov
+
+    from pipeline.backends.common import ov_feed, ov_last_logits
+
+    for name in ("ov-fp16", "ov-int4"):
+        xml = str(artifacts["mini-4k", name][0] / readback.MODEL_XML)
+        core = ov.Core()
+        full, last = core.read_model(xml), core.read_model(xml)
+        ov_last_logits(last)
+        outs = []
+        for model in (full, last):
+            request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+            outs.append(np.asarray(request.infer(ov_feed(IDS))["logits"]))
+        assert outs[1].shape == (1, 1, tiny.VOCAB)
+        np.testing.assert_allclose(outs[1][0, 0], outs[0][0, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_smoke_failure_is_a_record_not_an_exception(tiny_model, tmp_path):

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from pipeline import fsutil
+from pipeline import devicecost, fsutil
 from tests import project, tiny
 from tests.conftest import ROOT
 
@@ -209,6 +209,11 @@ def test_default_pipeline_end_to_end(tmp_path):
         print(f"{variant}: {smoke['runs'][0]['device']}: {answer!r}")
         if variant in ("ov-fp16", "ort-cpu-int4"):
             assert "Paris" in answer, (variant, answer)
+        # What it costs on the device: measured where the backend has a context run, and the card says the same.
+        context = smoke["context"]
+        assert context["measured"] == (not variant.startswith("npu-lib")), (variant, context.get("reason"))
+        card = (proj / "releases" / "smollm2" / variant / "README.md").read_text()
+        assert all(line in card for line in devicecost.card_lines(context)), variant
         quality = json.loads((proj / "metrics" / "smollm2" / variant / "quality.json").read_text())
         print(f"{variant}: quality {quality['gate']}")
         if quality["family"] == "fp16":
