@@ -140,6 +140,17 @@ def card_lines(context: dict | None) -> list[str]:
     return lines
 
 
+def kv_cache_quality_line(quality: dict | None) -> list[str]:
+    """The card's line on what the KV cache's precision costs in quality (quality.json's `kv_cache`), if measured."""
+    kv = (quality or {}).get("kv_cache")
+    if not kv:
+        return []
+    scores = "; ".join(f"{precision} cache: KL {s['kl']:.2e}, top-1 {s['top1']:.3f}"
+                       for precision, s in kv.items() if isinstance(s, dict))
+    return [f"- Quality through the KV cache ({kv['tokens']:,}-token {kv['sequence']} sequence fed {kv['chunk']} ids "
+            f"a pass, against FP32): {scores}."]
+
+
 def _fits_text(tokens: int | None, max_context: int) -> str:
     if tokens is None:
         return "not measured"

@@ -81,12 +81,11 @@ class Prompt(Strict):
 
 class ContextParams(Strict):
     """The smoke stage's context-cost run (pipeline/devicecost.py): a prompt of each length (those that fit the
-    model's context), then `new_tokens` more, timed, with the process's peak RSS; empty `lengths`: not measured."""
+    model's context), then `new_tokens` more, timed, with the process's peak RSS; empty `lengths`: not measured.
+    The KV cache's precision is the variant's (OpenVINO: `kv_cache_precision`)."""
 
     lengths: list[Annotated[int, Field(ge=1)]] = [128, 1024, 2048, 4096]
     new_tokens: Annotated[int, Field(ge=2, le=512)] = 16
-    # OpenVINO's KV cache element type on CPU (its KV_CACHE_PRECISION; u8 is the CPU plugin's own default on x86).
-    kv_cache_precision: Literal["u8", "f16", "bf16", "f32"] = "u8"
     budgets_gib: list[Annotated[int, Field(ge=1)]] = [8, 16, 32]
 
     @field_validator("lengths")

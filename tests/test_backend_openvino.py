@@ -239,8 +239,9 @@ def test_smoke_runs_and_records(name, tiny_model, artifacts):
 @pytest.mark.parametrize("precision, element_bytes", [("u8", 1), ("f16", 2)])
 def test_the_context_run_reads_back_the_kv_precision_it_ran_with(precision, element_bytes, artifacts):
     artifact = artifacts["mini-4k", "ov-int4"][0]
-    context = ContextParams(lengths=[32, 256], new_tokens=4, kv_cache_precision=precision)
-    cost = backend.context_cost(artifact, VARIANTS["ov-int4"], context, context.lengths)
+    context = ContextParams(lengths=[32, 256], new_tokens=4)
+    variant = VARIANTS["ov-int4"].model_copy(update={"kv_cache_precision": precision})
+    cost = backend.context_cost(artifact, variant, context, context.lengths)
     assert cost["settings"]["KV_CACHE_PRECISION"] == precision and cost["kv_element_bytes"] == element_bytes
     assert [p["tokens"] for p in cost["points"]] == [32, 256]
     for p in cost["points"]:
@@ -264,6 +265,27 @@ def test_the_context_run_computes_the_last_positions_logits_exactly(artifacts):
             outs.append(np.asarray(request.infer(ov_feed(IDS))["logits"]))
         assert outs[1].shape == (1, 1, tiny.VOCAB)
         np.testing.assert_allclose(outs[1][0, 0], outs[0][0, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_scoring_through_the_kv_cache_matches_one_pass_with_an_f32_cache(artifacts):
+    """The quality stage's compressed-cache score: fed 64 ids a pass through an f32 cache, the logits are the
+    one-pass ones; through a u8 cache they move, a little. (Not a longrope model past its original context: there
+    the one pass takes the long factors for every position, the passes only once they cross it.)"""
+    artifact, variant = artifacts["mini-4k", "ov-fp16"][0], VARIANTS["ov-fp16"]
+    ids = LONG_IDS[:2304]
+    one_pass = backend.logits(artifact, variant, ids)
+    cached = {p: backend.kv_cache_logits(artifact, variant, ids, p, 64) for p in ("f32", "u8")}
+    assert cached["f32"].shape == one_pass.shape
+    assert _cosine(cached["f32"], one_pass).min() >= 0.99999
+    cos = _cosine(cached["u8"], one_pass)
+    assert 0.99 <= cos.mean() < 0.999999
+
+
+def test_the_kv_cache_precision_is_a_runtime_setting_recorded_only_where_it_is_not_the_default():
+    assert "kv_cache_precision" not in VARIANTS["ov-int4"].model_dump()  # provenance.json keeps its bytes
+    variant = OpenVINOVariant(backend="openvino", weight_format="int4", kv_cache_precision="f16")
+    assert variant.model_dump()["kv_cache_precision"] == "f16"
+    assert 'LLMPipeline(path, "CPU", KV_CACHE_PRECISION="f16")' in backend.card.usage("org/m", variant)
 
 
 def test_smoke_failure_is_a_record_not_an_exception(tiny_model, tmp_path):

@@ -79,3 +79,13 @@ def test_context_lengths_are_two_or_more_increasing(lengths):
     with pytest.raises(ValidationError, match="at least two increasing context lengths"):
         ContextParams(lengths=lengths)
     assert ContextParams(lengths=[]).lengths == []  # not measured
+
+
+def test_the_kv_cache_quality_line_is_the_quality_record():
+    quality = {"kv_cache": {"sequence": "long", "tokens": 2304, "chunk": 64,
+                            "f32": {"cosine": 0.9999, "top1": 1.0, "kl": 4.2e-07, "kl_max": 3.8e-05},
+                            "u8": {"cosine": 0.99999, "top1": 0.9991, "kl": 6.3e-05, "kl_max": 0.011}}}
+    [line] = devicecost.kv_cache_quality_line(quality)
+    assert "2,304-token long sequence fed 64 ids a pass" in line
+    assert "f32 cache: KL 4.20e-07, top-1 1.000; u8 cache: KL 6.30e-05, top-1 0.999" in line
+    assert devicecost.kv_cache_quality_line({"gate": {}}) == []

@@ -218,7 +218,8 @@ def card(*, model_name: str, variant_name: str, variant, source: dict, license: 
         runtime=facts.RUNTIME,
         quality_table=_quality_table(quality, thresholds, missed),
         perf_table=_perf_table(smoke),
-        device_cost="\n".join(devicecost.card_lines((smoke or {}).get("context"))),
+        device_cost="\n".join(devicecost.card_lines((smoke or {}).get("context"))
+                               + devicecost.kv_cache_quality_line(quality)),
         system=((smoke or {}).get("versions") or {}).get("system") or "unknown",
         usage=facts.usage(repo or f"<org>/{model_name}-{variant_name}", variant),
         commands=commands(model_name, variant_name, variant),

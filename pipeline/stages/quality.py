@@ -28,6 +28,10 @@ The gate (pipeline/gate.py, applied by the report and package stages) compares `
 (`overall` pools every position instead, recorded only), the `text` perplexity ratio and the answer similarity, with
 the thresholds of the variant's family; `answers_identical` (share of chat answers with no divergence) is recorded,
 not gated.
+
+Where the backend runs a KV cache of a chosen precision (`kv_cache_logits`: OpenVINO), the long sequence is scored
+again fed 64 ids a pass through the cache, with an f32 cache and with the variant's own `kv_cache_precision`
+(`kv_cache`: recorded, not gated): the compressed cache's cost past the original context.
 """
 
 from __future__ import annotations
@@ -113,8 +117,34 @@ def measure(artifact: Path, variant, reference_dir: Path, source: Path) -> dict:
         "answers_identical": sum(s["first_divergence"] is None for s in chats) / max(len(chats), 1),
         "similarity": float(np.mean([s["similarity"] for s in chats])) if chats else None,
     }
-    return {"family": variant.family, "top_k": ref["top_k"], "gate": gate, "overall": overall,
-            "sequences": sequences}
+    record = {"family": variant.family, "top_k": ref["top_k"], "gate": gate, "overall": overall,
+              "sequences": sequences}
+    kv = _kv_cache(backend, artifact, variant, ref, arrays)
+    if kv:
+        record["kv_cache"] = kv
+    return record
+
+
+# Ids fed per pass when the long sequence is scored through the KV cache: every later pass reads the earlier
+# positions' keys and values back from the cache, as decoding does.
+KV_CHUNK = 64
+
+
+def _kv_cache(backend, artifact: Path, variant, ref: dict, arrays: dict) -> dict | None:
+    """The long sequence through the runtime's KV cache, KV_CHUNK ids a pass, with an f32 cache and with the variant's
+    own (compressed) one: what the cache's precision costs past the original context. Recorded, not gated."""
+    through_cache = getattr(backend, "kv_cache_logits", None)
+    long = next((s for s in ref["sequences"] if s["name"] == "long"), None)
+    if through_cache is None or long is None:
+        return None
+    ids = arrays["long.ids"].tolist()
+    out = {"sequence": "long", "tokens": len(ids), "chunk": KV_CHUNK}
+    for precision in dict.fromkeys(("f32", variant.kv_cache_precision)):
+        print(f"[quality] {Path(artifact).name}: the long sequence through the KV cache in {precision}", file=sys.stderr)
+        art = through_cache(artifact, variant, ids, precision, KV_CHUNK)
+        pos = position_metrics(art, arrays["long.topk_ids"], arrays["long.topk_logprobs"], arrays["long.lse"])
+        out[precision] = {k: v for k, v in _summary(pos).items() if k in ("cosine", "top1", "kl", "kl_max")}
+    return out
 
 
 def _answer(seq: dict, art: np.ndarray, source: Path) -> dict:

@@ -53,7 +53,9 @@ def context(artifact: Path, variant: Variant, ctx: ContextParams, source: Path) 
         return {"measured": False, "reason": f"the {variant.backend} backend has no context-cost run"}
     config = json.loads((Path(source) / "config.json").read_text())
     max_context = config["max_position_embeddings"]
-    lengths = [n for n in ctx.lengths if n + ctx.new_tokens + 1 <= max_context]
+    # A length past the model's context becomes the longest prompt that leaves room for the new tokens (a 4k model's
+    # "4096" is 4079).
+    lengths = sorted({min(n, max_context - ctx.new_tokens - 1) for n in ctx.lengths})
     if len(lengths) < 2:
         return {"measured": False,
                 "reason": f"fewer than two of {ctx.lengths} fit the model's {max_context}-token context"}

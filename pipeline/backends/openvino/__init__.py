@@ -49,7 +49,7 @@ def lock_lines() -> list[str]:
 # Where the interface's functions live. Loaded on first use, so that params.py (which needs only Variant) and
 # the other backends' stages never import this backend's export and runtime code.
 _PROVIDED = {"export": "convert", "export_ir": "convert", "smoke": "runtime",
-             "context_cost": "runtime", "logits": "runtime",
+             "context_cost": "runtime", "kv_cache_logits": "runtime", "logits": "runtime",
              "generate": "runtime", "weight_difference": "readback", "card": None}
 
 

@@ -46,6 +46,7 @@ def _data_aware_flags(variant: OpenVINOVariant) -> list[str]:
 
 def usage(repo: str, variant: OpenVINOVariant) -> str:
     device = "NPU" if variant.npu else "CPU"  # "GPU" for the iGPU
+    kv = "" if variant.kv_cache_precision == "u8" else f', KV_CACHE_PRECISION="{variant.kv_cache_precision}"'
     return f"""```sh
 pip install openvino-genai huggingface_hub
 ```
@@ -54,6 +55,6 @@ pip install openvino-genai huggingface_hub
 import huggingface_hub, openvino_genai
 
 path = huggingface_hub.snapshot_download("{repo}")
-pipe = openvino_genai.LLMPipeline(path, "{device}")
+pipe = openvino_genai.LLMPipeline(path, "{device}"{kv})
 print(pipe.generate("What is the capital of France?", max_new_tokens=32))
 ```"""

@@ -10,7 +10,8 @@ from pipeline.schema import Strict
 
 
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
-_NEW = ("calibration", "num_samples", "seq_len", *DATA_AWARE, "sensitivity_metric", "backup_precision")
+_NEW = ("calibration", "num_samples", "seq_len", *DATA_AWARE, "sensitivity_metric", "backup_precision",
+        "kv_cache_precision")
 
 
 class OpenVINOVariant(Strict):
@@ -43,6 +44,10 @@ class OpenVINOVariant(Strict):
                                 "max_activation_variance", "mean_activation_magnitude"] | None = None
     # The precision of the layers `ratio` leaves out of INT4 (and of embeddings / lm_head); none keeps them FP16.
     backup_precision: Literal["int8_asym", "int8_sym", "none"] = "int8_asym"
+    # A runtime setting, not in the IR: the KV cache's element type on CPU (OpenVINO's KV_CACHE_PRECISION; u8 is the
+    # CPU plugin's own default on x86). The smoke's context run uses it, the quality stage scores the long sequence
+    # through a cache of it, and the card's snippet passes it where it is not the default.
+    kv_cache_precision: Literal["u8", "f16", "bf16", "f32"] = "u8"
 
     @model_validator(mode="after")
     def _data_aware(self) -> OpenVINOVariant:
@@ -60,8 +65,8 @@ class OpenVINOVariant(Strict):
 
     @model_serializer(mode="wrap")
     def _recorded(self, handler):
-        # The data-aware options are recorded only where they differ from their defaults, so the records (export
-        # metrics, provenance.json, model cards) of the data-free variants keep the bytes they had before them.
+        # The options added after the first releases (data-aware, KV cache) are recorded only where they differ from
+        # their defaults, so the records (export metrics, provenance.json, model cards) keep the bytes they had.
         d = handler(self)
         return {k: v for k, v in d.items() if k not in _NEW or v != type(self).model_fields[k].default}
 

@@ -15,6 +15,7 @@ from pipeline.backends.common import (
     chat_text,
     concluded,
     ov_context_cost,
+    ov_feed,
     one_line,
     prompt_record,
     tokenizer_parity,
@@ -118,9 +119,24 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
 
 def context_cost(artifact: Path, variant: OpenVINOVariant, context: ContextParams, lengths: list[int]) -> dict:
     """Time to first token, decode speed and peak RSS at each context length, on the CPU plugin with its defaults
-    (bf16 where the CPU has it, as openvino-genai users get) and the KV cache precision of `context`."""
-    return ov_context_cost(Path(artifact) / MODEL_XML, {"KV_CACHE_PRECISION": context.kv_cache_precision}, lengths,
+    (bf16 where the CPU has it, as openvino-genai users get) and the variant's KV cache precision."""
+    return ov_context_cost(Path(artifact) / MODEL_XML, {"KV_CACHE_PRECISION": variant.kv_cache_precision}, lengths,
                            context.new_tokens, Path(artifact).name)
+
+
+def kv_cache_logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int], precision: str,
+                    chunk: int) -> np.ndarray:
+    """Teacher-forced logits [len(input_ids), vocab] with the ids fed `chunk` at a time, so every later chunk attends
+    to keys and values read back from a KV cache of `precision`; f32 arithmetic otherwise (as logits())."""
+    import openvino as ov
+
+    _compiled_f32.cache_clear()  # one compiled copy at a time (real size)
+    compiled = ov.Core().compile_model(str(Path(artifact) / MODEL_XML), "CPU", {**F32, "KV_CACHE_PRECISION": precision})
+    request = compiled.create_infer_request()
+    request.reset_state()
+    out = [np.asarray(request.infer(ov_feed(input_ids[i:i + chunk], past=i))["logits"][0], dtype=np.float32)
+           for i in range(0, len(input_ids), chunk)]
+    return np.concatenate(out)
 
 
 @functools.lru_cache(maxsize=1)

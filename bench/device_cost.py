@@ -1,0 +1,83 @@
+"""What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
+
+    python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--kv u8,f16,f32]
+
+PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
+whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
+(ISSUE target: >= 0.8 of it), time to first token at each prompt length, memory per token of context (measured) and
+the KV cache's share of it (config), the longest context within 8 / 16 / 32 GiB, and the smoke's peak RSS beside the
+16 GB budget. `--kv` runs each OpenVINO variant's context run again here with each KV cache precision, side by side
+in this run (the artifacts must still be under PROJECT/artifacts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline import backends, devicecost  # noqa: E402
+from pipeline.params import load  # noqa: E402
+from pipeline.stages.smoke import context  # noqa: E402
+
+DECODE_TARGET = 0.8
+BUDGET_GB = 16
+
+
+def row(name: str, ctx: dict, smoke_rss_mb: float | None) -> str:
+    if not ctx or not ctx.get("measured"):
+        return f"| {name} | not measured: {(ctx or {}).get('reason', 'no context in smoke.json')} |"
+    d = ctx["derived"]
+    dec = d["decode"]
+    ratio = dec.get("fraction_of_bound")
+    ttft = " / ".join(f"{ms / 1000:.1f}" for ms in d["ttft_ms"].values())
+    per_token = d["memory_bytes_per_token"]
+    fits = " / ".join(f"{n:,}" if n is not None else "-" for n in d["fits"].values())
+    kv = ctx["settings"].get("KV_CACHE_PRECISION") or ctx["settings"].get("kv_cache_dtype") or ctx["kv_cache"]
+    return (f"| {name} | {ctx['device']}, KV {kv} | {dec['tokens_per_s']:.1f} | {dec.get('bound_tokens_per_s', '-')} | "
+            + (f"**{ratio:.2f}**" if ratio is not None and ratio < DECODE_TARGET else f"{ratio:.2f}" if ratio else "-")
+            + f" | {ttft} | {per_token / 1024 if per_token else 0:.0f} | "
+            f"{d['kv_bytes_per_token'] / 1024 if d['kv_bytes_per_token'] else 0:.0f} | {fits} | "
+            f"{smoke_rss_mb / 1024 if smoke_rss_mb else 0:.1f} of {BUDGET_GB} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("project", type=Path, nargs="?", default=ROOT)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--variants", default="", help="comma-separated; default: every variant with a smoke.json")
+    ap.add_argument("--kv", default="", help="re-measure OpenVINO variants with these KV cache precisions")
+    args = ap.parse_args()
+    params = load(args.project / "params.yaml")
+    metrics = args.project / "metrics" / args.model
+    names = args.variants.split(",") if args.variants else sorted(
+        p.name for p in metrics.iterdir() if (p / "smoke.json").is_file())
+    print(f"{args.project} {args.model}: load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    lengths = None
+    head = ("| variant | runs on | decode tok/s | bound tok/s | of bound | first token s at {} tokens | "
+            "KiB/token measured | KV KiB/token (config) | fits 8 / 16 / 32 GiB (tokens) | smoke peak GB |")
+    rows = []
+    for name in names:
+        smoke = json.loads((metrics / name / "smoke.json").read_text())
+        ctx = smoke.get("context") or {}
+        lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
+        rows.append(row(name, ctx, smoke.get("peak_rss_mb")))
+        variant = params.variants.get(name)
+        for precision in [p for p in args.kv.split(",") if p] if variant and variant.backend == "openvino" else []:
+            fresh = variant.model_copy(update={"kv_cache_precision": precision})
+            artifact = args.project / "artifacts" / args.model / name
+            again = context(artifact, fresh, params.smoke.context, args.project / "artifacts" / args.model / "source")
+            rows.append(row(f"{name} (KV {precision}, measured now)", again, None))
+    print(head.format(", ".join(f"{n:,}" for n in lengths or [])))
+    print("|" + "---|" * 10)
+    print("\n".join(rows))
+    print(f"decode target: >= {DECODE_TARGET} of the bound (bold: below); budget: smoke within {BUDGET_GB} GB")
+    print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
