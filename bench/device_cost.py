@@ -1,13 +1,14 @@
 """What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
 
-    python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--kv u8,f16,f32]
+    python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--measure] [--kv u8,f16,f32]
 
 PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
 whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
 (ISSUE target: >= 0.8 of it), time to first token at each prompt length, memory per token of context (measured) and
 the KV cache's share of it (config), the longest context within 8 / 16 / 32 GiB, and the smoke's peak RSS beside the
-16 GB budget. `--kv` runs each OpenVINO variant's context run again here with each KV cache precision, side by side
-in this run (the artifacts must still be under PROJECT/artifacts).
+16 GB budget. `--measure` runs each variant's context run again here, one after another on a machine as quiet as
+this run's load average says, and `--kv` each OpenVINO variant's with each KV cache precision too, side by side (the
+artifacts must still be under PROJECT/artifacts).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import backends, devicecost  # noqa: E402
 from pipeline.params import load  # noqa: E402
 from pipeline.stages.smoke import context  # noqa: E402
 
@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("project", type=Path, nargs="?", default=ROOT)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--variants", default="", help="comma-separated; default: every variant with a smoke.json")
-    ap.add_argument("--kv", default="", help="re-measure OpenVINO variants with these KV cache precisions")
+    ap.add_argument("--measure", action="store_true", help="measure each variant's context run again now")
+    ap.add_argument("--kv", default="", help="also measure OpenVINO variants with these KV cache precisions")
     args = ap.parse_args()
     params = load(args.project / "params.yaml")
     metrics = args.project / "metrics" / args.model
@@ -64,14 +65,17 @@ def main() -> None:
     for name in names:
         smoke = json.loads((metrics / name / "smoke.json").read_text())
         ctx = smoke.get("context") or {}
-        lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
+        variant = params.variants[name]
+        artifact, source = (args.project / "artifacts" / args.model / n for n in (name, "source"))
+        if args.measure:
+            ctx = context(artifact, variant, params.smoke.context, source)
+            name = f"{name} (measured now)"
         rows.append(row(name, ctx, smoke.get("peak_rss_mb")))
-        variant = params.variants.get(name)
-        for precision in [p for p in args.kv.split(",") if p] if variant and variant.backend == "openvino" else []:
+        lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
+        for precision in [p for p in args.kv.split(",") if p] if variant.backend == "openvino" else []:
             fresh = variant.model_copy(update={"kv_cache_precision": precision})
-            artifact = args.project / "artifacts" / args.model / name
-            again = context(artifact, fresh, params.smoke.context, args.project / "artifacts" / args.model / "source")
-            rows.append(row(f"{name} (KV {precision}, measured now)", again, None))
+            again = context(artifact, fresh, params.smoke.context, source)
+            rows.append(row(f"{name} with KV {precision}", again, None))
     print(head.format(", ".join(f"{n:,}" for n in lengths or [])))
     print("|" + "---|" * 10)
     print("\n".join(rows))
