@@ -52,6 +52,16 @@ def bandwidth(mb: int = 512, repeats: int = 5) -> dict[str, float]:
         }
 
 
+def host() -> dict:
+    """The CPU the figures were measured on: its model name, cores, and the bf16 instructions it has (OpenVINO's CPU
+    plugin then runs in bf16 by default; without them, f32)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {"cpu": model or "unknown", "cores": os.cpu_count(),
+            "bf16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
+
+
 def memory_slope(points: list[dict]) -> tuple[float, float] | None:
     """(bytes per token, bytes at zero context) of peak RSS over the two longest contexts measured: the steepest
     part where a one-pass prefill's attention grows faster than linearly, so what it predicts for longer contexts
@@ -112,7 +122,10 @@ def card_lines(context: dict | None) -> list[str]:
         return [f"Not measured: {context.get('reason')}"]
     d = context["derived"]
     settings = ", ".join(f"{k}={v}" for k, v in context["settings"].items())
-    lines = [f"- Measured with {context['runtime']} on {context['device']}; settings read back: {settings}."]
+    cpu = context.get("host") or {}
+    on = f"{context['device']} ({cpu['cpu']}, {cpu['cores']} cores, bf16: {', '.join(cpu['bf16']) or 'none'})" \
+        if cpu else context["device"]
+    lines = [f"- Measured with {context['runtime']} on {on}; settings read back: {settings}."]
     if context.get("fallback"):
         lines.append(f"- {context['fallback']}.")
     dec = d["decode"]

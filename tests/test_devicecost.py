@@ -57,8 +57,9 @@ def test_the_decode_bound_counts_the_weights_and_the_cache_read_per_token():
 
 
 def test_card_lines_are_the_measured_record():
-    record = dict(COST, derived=_derived())
+    record = dict(COST, derived=_derived(), host={"cpu": "Intel Xeon", "cores": 2, "bf16": ["amx_bf16"]})
     text = "\n".join(devicecost.card_lines(record))
+    assert "on CPU (Intel Xeon, 2 cores, bf16: amx_bf16)" in text
     d = record["derived"]
     assert f"{d['decode']['fraction_of_bound']:.0%} of the memory-bandwidth bound" in text
     assert "4,096-token prompt 48.00 s" in text and "1,024-token prompt 9.00 s" in text

@@ -66,6 +66,7 @@ def context(artifact: Path, variant: Variant, ctx: ContextParams, source: Path) 
     except Exception as e:
         print(f"[smoke] {Path(artifact).name}: context cost not measured: {one_line(e)}", file=sys.stderr)
         return {"measured": False, "reason": one_line(e)}
+    cost["host"] = devicecost.host()
     cost["derived"] = devicecost.derive(cost, weights=devicecost.weight_bytes(artifact), bandwidth_gb_s=bandwidth,
                                         config=config, budgets_gib=ctx.budgets_gib)
     return cost
