@@ -147,6 +147,14 @@ def table(project: Path, model: str) -> str:
         went = ", ".join(f"{k} {v:.0f} s" for k, v in phases)
         if rec.get("streamed"):  # a reference whose weights did not fit in memory
             went += f"; {rec['streamed']}"
+        d = (rec.get("context") or {}).get("derived")
+        if d:  # the smoke's context run (pipeline/devicecost.py; bench/device_cost.py prints all of it)
+            dec = d["decode"]
+            went += (f"decode {dec['tokens_per_s']:.1f} tok/s" + (f" ({dec['fraction_of_bound']:.0%} of the bound)"
+                     if "fraction_of_bound" in dec else "") + "; first token " + " / ".join(
+                     f"{ms / 1000:.1f}" for ms in d["ttft_ms"].values()) + f" s at {', '.join(d['ttft_ms'])} tokens")
+            if d["memory_bytes_per_token"]:
+                went += f"; {d['memory_bytes_per_token'] / 1024:.0f} KiB/token; 16 GiB fits {d['fits'].get('16')}"
         rows.append(f"| {stage} | {rec['wall_s']:.0f} s | {rss / 1e9:.1f} GB | {weights / 1e9:.2f} GB | "
                     f"{rss / weights:.2f} | {f'{disk / 1e9:.2f} GB' if disk is not None else ''} | {went} |")
     return "\n".join(rows)

@@ -20,6 +20,9 @@ A backend package `pipeline/backends/<name>/` exposes:
         first new id, decode tokens/s and peak RSS (common.context_points), with the runtime, its settings read
         back from what ran, the KV cache's element size and the runtime's options for a smaller cache; the smoke
         stage adds what pipeline/devicecost.py derives. Absent: the smoke record says it was not measured.
+    kv_cache_logits(artifact, variant, input_ids, precision, chunk) -> np.ndarray   (optional)
+        logits() with the ids fed `chunk` at a time through a KV cache of `precision` (the quality stage's score of
+        a compressed cache, recorded beside the gate).
     logits(artifact, variant, input_ids) -> np.ndarray
         Teacher-forced logits, shape [len(input_ids), vocab], float32, from the artifact's own runtime.
     logits_many(artifact, variant, sequences) -> list[np.ndarray]   (optional)
