@@ -1,6 +1,7 @@
 """What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
 
     python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--measure] [--kv u8,f16,f32]
+                                [--ort-threads N]
 
 PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
 whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
@@ -8,7 +9,8 @@ whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens
 the KV cache's share of it (config), the longest context within 8 / 16 / 32 GiB, and the smoke's peak RSS beside the
 16 GB budget. `--measure` runs each variant's context run again here, one after another on a machine as quiet as
 this run's load average says, and `--kv` each OpenVINO variant's with each KV cache precision too, side by side (the
-artifacts must still be under PROJECT/artifacts).
+artifacts must still be under PROJECT/artifacts); `--ort-threads N` each ONNX Runtime GenAI variant's with
+`intra_op_num_threads: N` in a copy of its genai_config.json.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +55,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--variants", default="", help="comma-separated; default: every variant with a smoke.json")
     ap.add_argument("--measure", action="store_true", help="measure each variant's context run again now")
+    ap.add_argument("--ort-threads", type=int, default=0,
+                    help="also measure ONNX Runtime GenAI variants with this intra_op_num_threads in genai_config")
     ap.add_argument("--kv", default="", help="also measure OpenVINO variants with these KV cache precisions")
     args = ap.parse_args()
     params = load(args.project / "params.yaml")
@@ -72,6 +78,16 @@ def main() -> None:
             name = f"{name} (measured now)"
         rows.append(row(name, ctx, smoke.get("peak_rss_mb")))
         lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
+        if args.ort_threads and variant.backend == "onnx_genai":
+            with tempfile.TemporaryDirectory(dir=artifact.parent) as tmp:
+                copy = Path(tmp) / name
+                shutil.copytree(artifact, copy, copy_function=os.link)  # hard links: no bytes copied
+                config = json.loads((copy / "genai_config.json").read_text())
+                config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.ort_threads
+                (copy / "genai_config.json").unlink()  # a link to the artifact's own file: not written through
+                (copy / "genai_config.json").write_text(json.dumps(config))
+                again = context(copy, variant, params.smoke.context, source)
+            rows.append(row(f"{name} with intra_op_num_threads {args.ort_threads}", again, None))
         for precision in [p for p in args.kv.split(",") if p] if variant.backend == "openvino" else []:
             fresh = variant.model_copy(update={"kv_cache_precision": precision})
             again = context(artifact, fresh, params.smoke.context, source)
