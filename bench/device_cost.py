@@ -46,7 +46,7 @@ def row(name: str, ctx: dict, smoke_rss_mb: float | None) -> str:
             + (f"**{ratio:.2f}**" if ratio is not None and ratio < DECODE_TARGET else f"{ratio:.2f}" if ratio else "-")
             + f" | {ttft} | {per_token / 1024 if per_token else 0:.0f} | "
             f"{d['kv_bytes_per_token'] / 1024 if d['kv_bytes_per_token'] else 0:.0f} | {fits} | "
-            f"{smoke_rss_mb / 1024 if smoke_rss_mb else 0:.1f} of {BUDGET_GB} |")
+            + (f"{smoke_rss_mb / 1024:.1f} of {BUDGET_GB} |" if smoke_rss_mb else "- |"))
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def test_card_lines_are_the_measured_record():
     assert f"{d['memory_bytes_per_token'] / 1024:.1f} KiB, measured" in text
     assert f"8 GiB: {d['fits']['8']:,} tokens" in text
     assert "u8: 192.0 KiB per token from the config" in text
-    assert "settings read back: KV_CACHE_PRECISION=u8" in text
+    assert "settings: KV_CACHE_PRECISION=u8" in text
     assert devicecost.card_lines({"measured": False, "reason": "no context_cost"}) == ["Not measured: no context_cost"]
 
 

@@ -1,5 +1,5 @@
 """The report's performance columns, dvc-plots rows and HTML page with its PNGs, from a small synthetic metrics tree
-(no runtimes needed), bench/bandwidth.py's bound arithmetic and bench/real_size.py's table."""
+(no runtimes needed) and bench/real_size.py's table."""
 
 from __future__ import annotations
 
@@ -111,15 +111,6 @@ def test_html_is_written_before_the_gate_fails(project):
         report.stage(_params(strict), Layout(project))
     page = (project / "reports" / "index.html").read_text()
     assert "1 threshold miss(es)" in page and 'class="miss"' in page
-
-
-def test_bandwidth_bound_arithmetic():
-    spec = importlib.util.spec_from_file_location("bandwidth", ROOT / "bench" / "bandwidth.py")
-    bandwidth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bandwidth)
-    # 10 GB/s over 100 MB of weights per token: at most 100 tokens/s; 25 tokens/s is a quarter of that
-    assert bandwidth.bound_tokens_per_s(10.0, 100_000_000) == pytest.approx(100.0)
-    assert bandwidth.fraction_of_bound(25.0, 10.0, 100_000_000) == pytest.approx(0.25)
 
 
 def test_every_configured_build_has_a_status_and_nothing_else_a_row(project):

@@ -330,6 +330,7 @@ def ov_context_cost(xml: Path, config: dict, lengths: Sequence[int], new_tokens:
     ov_last_logits(model)
     vocab = model.output("logits").get_partial_shape()[2].get_length()
     compiled = core.compile_model(model, "CPU", config)
+    del model  # its mapped weights: the compiled model holds what it runs on (FP16 on bf16: a converted copy)
     read = {k: compiled.get_property(k) for k in OV_COST_SETTINGS}
     settings = {k: v.get_type_name() if hasattr(v, "get_type_name") else str(v) for k, v in read.items()}
     return {"measured": True, "device": "CPU", "settings": settings,

@@ -8,7 +8,9 @@ A failed smoke writes its record and then fails the stage: nothing downstream co
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline import backends, devicecost, fsutil
@@ -62,7 +64,10 @@ def context(artifact: Path, variant: Variant, ctx: ContextParams, source: Path) 
     # Measured before the model loads, so its 1 GB of buffers is gone by then.
     bandwidth = max(devicecost.bandwidth().values())
     try:
-        cost = cost_fn(artifact, variant, ctx, lengths)
+        # In a process of its own, so its peak RSS is this runtime's alone, not what the smoke run (or, in
+        # bench/device_cost.py, another variant) left mapped and allocated.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            cost = pool.submit(cost_fn, artifact, variant, ctx, lengths).result()
     except Exception as e:
         print(f"[smoke] {Path(artifact).name}: context cost not measured: {one_line(e)}", file=sys.stderr)
         return {"measured": False, "reason": one_line(e)}
