@@ -41,8 +41,12 @@ def row(name: str, ctx: dict, smoke_rss_mb: float | None) -> str:
     ttft = " / ".join(f"{ms / 1000:.1f}" for ms in d["ttft_ms"].values())
     per_token = d["memory_bytes_per_token"]
     fits = " / ".join(f"{n:,}" if n is not None else "-" for n in d["fits"].values())
-    kv = ctx["settings"].get("KV_CACHE_PRECISION") or ctx["settings"].get("kv_cache_dtype") or ctx["kv_cache"]
-    return (f"| {name} | {ctx['device']}, KV {kv} | {dec['tokens_per_s']:.1f} | {dec.get('bound_tokens_per_s', '-')} | "
+    settings = ctx["settings"]
+    kv = settings.get("KV_CACHE_PRECISION") or settings.get("kv_cache_dtype") or ctx["kv_cache"]
+    threads = settings.get("INFERENCE_NUM_THREADS") or settings.get("intra_op_num_threads") or "default"
+    precision = f" {settings['INFERENCE_PRECISION_HINT']}," if "INFERENCE_PRECISION_HINT" in settings else ""
+    return (f"| {name} | {ctx['device']},{precision} {threads} threads, KV {kv} | {dec['tokens_per_s']:.1f} | "
+            f"{dec.get('bound_tokens_per_s', '-')} | "
             + (f"**{ratio:.2f}**" if ratio is not None and ratio < DECODE_TARGET else f"{ratio:.2f}" if ratio else "-")
             + f" | {ttft} | {per_token / 1024 if per_token else 0:.0f} | "
             f"{d['kv_bytes_per_token'] / 1024 if d['kv_bytes_per_token'] else 0:.0f} | {fits} | "
@@ -73,10 +77,11 @@ def main() -> None:
         ctx = smoke.get("context") or {}
         variant = params.variants[name]
         artifact, source = (args.project / "artifacts" / args.model / n for n in (name, "source"))
+        label = name
         if args.measure:
             ctx = context(artifact, variant, params.smoke.context, source)
-            name = f"{name} (measured now)"
-        rows.append(row(name, ctx, smoke.get("peak_rss_mb")))
+            label = f"{name} (measured now)"
+        rows.append(row(label, ctx, smoke.get("peak_rss_mb")))
         lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
         if args.ort_threads and variant.backend == "onnx_genai":
             with tempfile.TemporaryDirectory(dir=artifact.parent) as tmp:
@@ -87,11 +92,11 @@ def main() -> None:
                 (copy / "genai_config.json").unlink()  # a link to the artifact's own file: not written through
                 (copy / "genai_config.json").write_text(json.dumps(config))
                 again = context(copy, variant, params.smoke.context, source)
-            rows.append(row(f"{name} with intra_op_num_threads {args.ort_threads}", again, None))
+            rows.append(row(f"{label} with intra_op_num_threads {args.ort_threads}", again, None))
         for precision in [p for p in args.kv.split(",") if p] if variant.backend == "openvino" else []:
             fresh = variant.model_copy(update={"kv_cache_precision": precision})
             again = context(artifact, fresh, params.smoke.context, source)
-            rows.append(row(f"{name} with KV {precision}", again, None))
+            rows.append(row(f"{label} with KV {precision}", again, None))
     print(head.format(", ".join(f"{n:,}" for n in lengths or [])))
     print("|" + "---|" * 10)
     print("\n".join(rows))

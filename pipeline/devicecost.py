@@ -28,10 +28,10 @@ def weight_bytes(artifact: Path) -> int | None:
 
 
 def bandwidth(mb: int = 1024, repeats: int = 5) -> dict[str, float]:
-    """The best GB/s (each the median of `repeats` passes) of three reads of an array far larger than the caches: numpy's copy (bytes read + written), numpy's
-    max split over every core, and OpenVINO's CPU plugin reducing it (its kernels, as decoding a model reads
-    weights). numpy's reads alone came out about 18% below what OpenVINO's FP16 decode reads (measured, AMD EPYC:
-    42.7 vs 50 GB/s), which made a bound a runtime could beat."""
+    """The best GB/s (each the median of `repeats` passes) of three reads of an array far larger than the caches:
+    numpy's copy (bytes read + written), numpy's max split over every core, and OpenVINO's CPU plugin reducing it
+    (its kernels, as decoding a model reads weights). numpy's reads alone came out about 18% below what OpenVINO's
+    FP16 decode reads (measured, AMD EPYC: 42.7 vs 50 GB/s), which made a bound a runtime could beat."""
     src = np.ones(mb * 2**20 // 4, dtype=np.float32)
     dst = np.empty_like(src)
     threads = os.cpu_count() or 1

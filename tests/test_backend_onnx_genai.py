@@ -3,6 +3,8 @@ logits against the torch FP32 checkpoint, and smoke runs (DirectML variants on t
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import shutil
 
@@ -298,9 +300,23 @@ def test_the_context_run_reads_the_kv_cache_type_from_the_graph(name, dtype, ele
     cost = onnx_genai.context_cost(artifact, VARIANTS[name], context, context.lengths)
     assert cost["settings"]["kv_cache_dtype"] == dtype and cost["kv_element_bytes"] == element_bytes
     assert cost["settings"]["provider"] == "CPU"
+    # onnxruntime's own count took one core on these VMs: the runs here use every core they may
+    assert cost["settings"]["intra_op_num_threads"] == len(os.sched_getaffinity(0))
     assert [p["tokens"] for p in cost["points"]] == [32, 256]
     for p in cost["points"]:
         assert p["ttft_ms"] > 0 and p["decode_tokens_per_s"] > 0 and p["peak_rss_mb"] > 100
+
+
+def test_a_thread_count_in_genai_config_stands(exported, tmp_path):
+    artifact, _ = exported("mini-4k", "ort-cpu-int4")
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    config = json.loads((copy / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = 1
+    (copy / "genai_config.json").write_text(json.dumps(config))
+    cost = onnx_genai.context_cost(copy, VARIANTS["ort-cpu-int4"], ContextParams(lengths=[16, 32], new_tokens=2),
+                                   [16, 32])
+    assert cost["settings"]["intra_op_num_threads"] == 1
 
 
 def test_smoke_failure_is_a_record(tmp_path, tiny_models):

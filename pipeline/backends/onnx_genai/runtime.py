@@ -52,7 +52,10 @@ def _load(artifact: Path, variant: OnnxGenaiVariant):
             # DML (DESIGN.md; fp32-dml does not load). Windows-only wheels carry DirectML (onnxruntime-genai-directml).
             config.clear_providers()
             run["fallback"] = f"{name} unavailable on {platform.system()}: CPU execution provider"
-    if variant.execution_provider == "cpu" or run["fallback"]:
+    options = json.loads((Path(artifact) / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    if "intra_op_num_threads" in options:  # the artifact's (or a user's) own count stands
+        run["intra_op_num_threads"] = options["intra_op_num_threads"]
+    elif variant.execution_provider == "cpu" or run["fallback"]:
         # onnxruntime's default intra-op thread count is its count of physical cores, which on these VMs (the `ht`
         # flag, one thread per core) came out as one: ort-cpu-int4 at Phi-3-mini size decoded 10.4 tokens/s by
         # default and 17.6 with both cores (docs/device-cost.md). The released genai_config.json stays without a
