@@ -6,7 +6,7 @@
     python bench/real_size.py CONFIG --dir DIR --table      # print the table of a finished run again
 
 CONFIG is one of pipeline/sources/configs/ (phi-3-mini-4k-instruct, phi-3-mini-128k-instruct,
-phi-3.5-mini-instruct, phi-3-medium-4k-instruct). DIR (default /tmp/aipc-real-size/CONFIG) becomes a clone of this
+phi-3.5-mini-instruct, phi-3-medium-4k-instruct, phi-4-mini-instruct, phi-4). DIR (default /tmp/aipc-real-size/CONFIG) becomes a clone of this
 checkout with params.yaml naming only that model and the chosen routes' variants; stages run with this checkout's
 venv and the clone's code, through `aipc repro` (builds.yaml, then `dvc repro --keep-going`). Each route's package
 stages are the targets, so fetch, ir, reference, export, smoke and quality run on the way (DVC runs one stage at a
@@ -38,7 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHORT = {"phi-3-mini-4k-instruct": "mini4k", "phi-3-mini-128k-instruct": "mini128k",
-         "phi-3.5-mini-instruct": "mini35", "phi-3-medium-4k-instruct": "medium4k"}
+         "phi-3.5-mini-instruct": "mini35", "phi-3-medium-4k-instruct": "medium4k",
+         "phi-4-mini-instruct": "phi4mini", "phi-4": "phi4"}
 ROUTES = ("openvino", "onnx_genai", "npu_library", "openvino_ep")  # openvino_ep after the IRs it wraps
 
 

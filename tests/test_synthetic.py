@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pipeline import fsutil
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams, QualityParams, Thresholds
-from pipeline.sources import checkpoint, phi3_tokenizer, synthetic
+from pipeline.sources import checkpoint, phi3_tokenizer, synthetic, tiktoken_tokenizer
 from pipeline.stages import package, publish, report
 from tests import tinyrelease
 
@@ -77,11 +77,11 @@ def test_unshrunk_config_is_the_published_file_byte_for_byte(name, tmp_path):
     assert (tmp_path / "config.json").read_bytes() == synthetic.published_config(name).read_bytes()
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["bos_token_id"] == published(name)["bos_token_id"]
-    # Phi-3's tokenizer is written for every config (a stand-in for Phi-4's): its stop ids, the published eos among them
-    # where that is a Phi-3 id
-    assert generation["eos_token_id"] == synthetic.STOP_IDS
-    if published(name)["vocab_size"] == 32064:
-        assert published(name)["eos_token_id"] in generation["eos_token_id"]
+    # Each model's own tokenizer's stop ids, the published eos among them
+    family = tiktoken_tokenizer.SYNTHETIC.get(name)
+    assert generation["eos_token_id"] == (tiktoken_tokenizer.FAMILIES[family].stop_ids if family
+                                          else synthetic.PHI3_STOP_IDS)
+    assert published(name)["eos_token_id"] in generation["eos_token_id"]
 
 
 @pytest.mark.parametrize("name", NAMES)

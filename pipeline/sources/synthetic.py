@@ -18,9 +18,9 @@ What is written:
     greedily at transformers' default 5 GB, which reproduces the published shard sizes (Phi-3-mini 4.97 + 2.67 GB,
     Phi-3-medium 4.92, 4.95, 4.9, ... GB); a shrunk config (tests) keeps the shard count with balanced shards.
     Only one shard's tensors are in memory at a time;
-  - Phi-3's real tokenizer (pipeline/sources/phi3_tokenizer.py) and a generation_config.json. For the Phi-4
-    configs too, as a stand-in: their o200k / cl100k tokenizers are not rebuilt offline yet, so a synthetic Phi-4
-    measures the model's memory and time (its 200064 / 100352-row embeddings included), not its tokenizer's.
+  - the model's real tokenizer and a generation_config.json with its stop ids: Phi-3's SentencePiece tokenizer
+    (pipeline/sources/phi3_tokenizer.py), Phi-4-mini's and Phi-4's byte-level BPE over OpenAI's o200k / cl100k
+    ranks (pipeline/sources/tiktoken_tokenizer.py).
 
 Random weights mean nothing for quality, so a synthetic model is never gated or released as if it were real: its
 provenance says `"synthetic": true`, the package stage refuses it, and the report lists its rows as "ungated
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
-from pipeline.sources import checkpoint, phi3_tokenizer
+from pipeline.sources import checkpoint, phi3_tokenizer, tiktoken_tokenizer
 
 CONFIGS_DIR = Path(__file__).with_name("configs")
 # config name -> the published checkpoint's shard count (model-0000k-of-0000N.safetensors on the hub)
@@ -54,7 +54,7 @@ MAX_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size ("5GB"), whi
 INDEX = checkpoint.SHARD_INDEX
 WEIGHTS = "random: seeded N(0, initializer_range) in BF16, not a trained model; for measuring memory and time only"
 # Phi-3's stop tokens: <|endoftext|>, <|assistant|>, <|end|> (the chat template ends each turn with <|end|>).
-STOP_IDS = [32000, 32001, 32007]
+PHI3_STOP_IDS = [32000, 32001, 32007]
 
 
 def seed_of(revision: str | None) -> int:
@@ -124,7 +124,12 @@ def write_checkpoint(dest: Path, name: str, seed: int, *, overrides: dict | None
     the sizes with it: then config.json is the published one with those values changed, key order kept)."""
     dest = Path(dest)
     config = write_config(dest, name, overrides)
-    tokenizer = phi3_tokenizer.build(dest, model_max_length=config["max_position_embeddings"], cache=cache)
+    family = tiktoken_tokenizer.SYNTHETIC.get(name)
+    if family:
+        tokenizer = tiktoken_tokenizer.build(dest, family, model_max_length=config["max_position_embeddings"],
+                                             cache=cache)
+    else:
+        tokenizer = phi3_tokenizer.build(dest, model_max_length=config["max_position_embeddings"], cache=cache)
     return {**write_weights(dest, name, seed), "tokenizer": tokenizer}
 
 
@@ -139,7 +144,9 @@ def write_config(dest: Path, name: str, overrides: dict | None = None) -> dict:
         (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         (dest / "config.json").write_bytes(published.read_bytes())
-    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": STOP_IDS,
+    family = tiktoken_tokenizer.SYNTHETIC.get(name)
+    stop_ids = tiktoken_tokenizer.FAMILIES[family].stop_ids if family else PHI3_STOP_IDS
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": stop_ids,
                   "pad_token_id": config["pad_token_id"]}
     (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return config
