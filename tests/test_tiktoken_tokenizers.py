@@ -321,3 +321,34 @@ def test_no_registry_names_the_cache_to_fill(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"js-tiktoken-1\.0\.21\.tgz \(sha256 3b1f24b1") as e:
         tt.tarball(cache=tmp_path)
     assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+
+
+SMOKE_PROMPTS = ["What is the capital of France?", "नमस्ते! Write one sentence about the sea 🌊."]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_smoke_runs_each_models_chat_template_through_openvino_and_genai(family, sources, genai_models, tmp_path):
+    """The smoke stage as it runs a Phi-4 model: the model's template rendered, its ids through each runtime's
+    tokenizer (parity with the source's), openvino-genai's own rendering of the template compared, tokens out."""
+    from pipeline.backends import onnx_genai
+    from pipeline.backends import openvino as ov_backend
+    from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
+    from pipeline.backends.openvino.params import OpenVINOVariant
+    from pipeline.layout import IR_FP16
+    from pipeline.params import Prompt, SmokeParams
+
+    smoke = SmokeParams(prompts=[Prompt(text=t) for t in SMOKE_PROMPTS], max_new_tokens=4)
+    ort = onnx_genai.smoke(genai_models[family], OnnxGenaiVariant(backend="onnx_genai", precision="int4",
+                                                                  execution_provider="cpu"), smoke, sources[family])
+    assert (ort["status"], ort["tokenizer_parity"]["status"]) == ("passed", "passed"), ort["reason"]
+    variant = OpenVINOVariant(backend="openvino", weight_format="fp16")
+    ir, out = tmp_path / "ir", tmp_path / "ov-fp16"
+    ir.mkdir()
+    out.mkdir()
+    ov_backend.export_ir(sources[family], ir)
+    ov_backend.export(sources[family], variant, out, inputs={IR_FP16: ir}, smoke=smoke)
+    ov = ov_backend.smoke(out, variant, smoke, sources[family])
+    assert ov["status"] == "passed", ov["reason"]
+    assert (ov["tokenizer_parity"]["status"], ov["chat_template"]["status"]) == ("passed", "passed")
+    for record in (ort, ov):
+        assert all(p["new_tokens"] > 0 and p["prompt_tokens"] > 8 for p in record["runs"][0]["prompts"])
