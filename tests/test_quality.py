@@ -137,6 +137,37 @@ def test_topk_metrics_against_full_vocabulary():
     assert (whole["top1"] == (art.argmax(-1) == ref.argmax(-1))).all()
 
 
+
+def test_full_vocabulary_arithmetic_a_block_of_rows_at_a_time_changes_no_bit(monkeypatch):
+    """The reference's logsumexp, its perplexity and the quality metrics run on blocks of rows (Phi-4-mini's 200064
+    columns made whole float64 copies GBs); every row's arithmetic must stay what it was, so stored references and
+    quality.json do not move."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(0, 3, (300, 1000))
+    art = (ref + rng.normal(0, 0.3, ref.shape)).astype(np.float32)
+    ids = rng.integers(0, 1000, 300).tolist()
+    values, indices = torch.topk(torch.from_numpy(ref), 64, dim=-1)
+
+    def run():
+        lse = torch.cat([torch.logsumexp(torch.from_numpy(ref)[rows], -1) for rows in
+                         reference.row_blocks(*ref.shape)])
+        lp = (values - lse[:, None]).numpy().astype(np.float32)
+        pos = quality.position_metrics(art, indices.numpy().astype(np.int32), lp, lse.numpy().astype(np.float32))
+        return lse.numpy(), pos, reference.perplexity(art, ids)
+
+    monkeypatch.setattr(reference, "BLOCK_BYTES", 8 * 1000 * 7)  # 7 rows a block: 43 blocks, a short last one
+    assert len(reference.row_blocks(*ref.shape)) == 43
+    blocked = run()
+    monkeypatch.setattr(reference, "BLOCK_BYTES", 2**40)
+    assert len(reference.row_blocks(*ref.shape)) == 1
+    whole = run()
+    assert np.array_equal(blocked[0], whole[0]) and np.array_equal(whole[0], torch.logsumexp(
+        torch.from_numpy(ref), -1).numpy())
+    assert all(np.array_equal(blocked[1][k], whole[1][k]) for k in ("cosine", "top1", "kl"))
+    assert blocked[2] == whole[2]
+
 def test_metrics_tell_precisions_apart(measured):
     fp16, int4 = measured["ov-fp16"]["gate"], measured["ov-int4"]["gate"]
     assert fp16["cosine"] >= 0.999 and fp16["top1"] >= 0.98 and fp16["kl"] < 1e-3

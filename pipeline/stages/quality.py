@@ -51,14 +51,13 @@ from pipeline.stages import reference
 
 def position_metrics(art: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray, lse: np.ndarray) -> dict:
     """cosine, top1 and KL per position ([n] arrays) from the artifact's full logits and the stored reference."""
-    art = np.asarray(art, dtype=np.float64)
+    art = np.asarray(art)
     lp_ref = topk_logprobs.astype(np.float64)
     ref_s = lp_ref + lse[:, None].astype(np.float64)
-    art_s = np.take_along_axis(art, topk_ids.astype(np.int64), axis=-1)
+    art_s = np.take_along_axis(art, topk_ids.astype(np.int64), axis=-1).astype(np.float64)
     cosine = (ref_s * art_s).sum(-1) / (np.linalg.norm(ref_s, axis=-1) * np.linalg.norm(art_s, axis=-1))
 
-    m = art.max(-1, keepdims=True)
-    art_lse = m[:, 0] + np.log(np.exp(art - m).sum(-1))
+    art_lse = reference.log_sum_exp(art)  # a block of rows at a time: full float64 copies of a 200k vocabulary are GBs
     lp_art = art_s - art_lse[:, None]
     p_ref = np.exp(lp_ref)
     tail_ref = np.clip(1.0 - p_ref.sum(-1), 0.0, 1.0)
