@@ -349,3 +349,31 @@ def test_the_reference_is_the_same_bytes_with_another_cpus_kernels(tmp_path):
                        env={**os.environ, **extra}, cwd=ROOT)
     for f in ("logits.npz", "reference.json"):
         assert (outs["host"] / f).read_bytes() == (outs["other"] / f).read_bytes(), f
+
+
+def test_reference_vocabulary_layers_without_a_float64_copy_of_their_weight(tmp_path, monkeypatch):
+    """The tied embedding / output layer run in float64 without the [vocab, hidden] float64 copy (4.9 GB at
+    Phi-4-mini): in one block the logits are the whole copy's bit for bit; in many, float64 GEMM may round the last
+    bit otherwise, and what the reference stores (float32) is the same."""
+    import torch
+
+    from tests import tiny
+
+    src = tiny.build("phi4-mini", tmp_path / "src")  # tied, like SmolLM2 and Phi-4-mini
+    ids = torch.tensor([list(range(8, 200))])
+
+    def logits(blocks: bool, block_bytes: int):
+        monkeypatch.setattr(reference, "BLOCK_BYTES", block_bytes)
+        if not blocks:
+            monkeypatch.setattr(reference, "_vocabulary_in_blocks", lambda model: [])
+        model, *_ = reference._load(src, None)
+        monkeypatch.undo()
+        with torch.no_grad():
+            return model(ids).logits[0], model
+
+    whole, _ = logits(False, 2**28)
+    one, model = logits(True, 2**28)
+    many, _ = logits(True, 8 * 64 * 7)  # 7 vocabulary rows a block
+    assert not any(p.dtype == torch.float64 for p in model.parameters())  # nothing left widened after a pass
+    assert whole.dtype == torch.float64 and torch.equal(one, whole)
+    assert torch.equal(many.to(torch.float32), whole.to(torch.float32))
