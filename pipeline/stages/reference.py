@@ -286,12 +286,18 @@ def _vocabulary_in_blocks(model) -> list:
     def embed(module, ids):
         return torch.nn.functional.embedding(ids, module.weight).to(torch.float64)
 
+    blocks = row_blocks(*head.weight.shape)
+    # One float64 block reused for every block of every pass: a fresh one per block per generated token had the
+    # kernel hand out and zero new pages each time (greedy answers 434 s against 334 s at Phi-4-mini).
+    buffer = torch.empty(blocks[0].stop - blocks[0].start, head.weight.shape[1], dtype=torch.float64)
+
     def linear(module, hidden):
         weight = module.weight
         out = torch.empty(*hidden.shape[:-1], weight.shape[0], dtype=torch.float64)
-        for rows in row_blocks(*weight.shape):
+        for rows in blocks:
             bias = None if module.bias is None else module.bias[rows].to(torch.float64)
-            out[..., rows] = torch.nn.functional.linear(hidden, weight[rows].to(torch.float64), bias)
+            block = buffer[: rows.stop - rows.start].copy_(weight[rows])
+            out[..., rows] = torch.nn.functional.linear(hidden, block, bias)
         return out
 
     embedding.forward = embed.__get__(embedding)
