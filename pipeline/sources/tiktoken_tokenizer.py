@@ -12,7 +12,7 @@ The tokenizer.json is what transformers' TikTokenConverter makes of that file (b
 rank order, `ignore_merges` as tiktoken, the encoding's split pattern then ByteLevel without its own regex), which is
 how the published Phi-4 tokenizers were made (Phi-4-mini's config names "Xenova/gpt-4o" as its AutoTokenizer),
 plus each model's added tokens at their published ids (not appended: the ids have gaps). FAMILIES says which tokens,
-template and stop ids each model has, and where each came from.
+template and stop ids each model has; pipeline/sources/configs/README.md says where each came from and how sure.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -65,7 +65,6 @@ class Family:
     pad: str
     chat_template: str
     stop_ids: list[int]            # generation_config.json's eos_token_id
-    sources: list[str] = field(default_factory=list)
 
 
 _PHI4_DUMMIES = [100256, *range(100261, 100264), *range(100267, 100276), *range(100277, 100352)]
@@ -83,16 +82,7 @@ FAMILIES = {
             "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
             "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
             "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"),
-        stop_ids=[200020, 199999],
-        sources=[
-            "199999, 200018: o200k_base's own special tokens (tiktoken)",
-            "200019 <|assistant|>, 200020 <|end|>, 200021 <|user|>, 200023 <|tool|>: public code quoting the model",
-            "200022 <|system|>: the one free id among them, and the model card's chat format uses <|system|>",
-            "200024-200028 (<|/tool|>, <|tool_call|>, <|/tool_call|>, <|tool_response|>, <|tag|>): the published "
-            "added_tokens.json as remembered, not found in a public copy: unverified",
-            "chat template: the model card's format (<|system|>...<|end|><|user|>...<|end|><|assistant|>), tools "
-            "in the system turn between <|tool|> and <|/tool|> as in public copies of its Ollama template",
-        ]),
+        stop_ids=[200020, 199999]),
     "phi-4": Family(
         encoding="cl100k_base",
         added={**{i: f"<|dummy_{k}|>" for k, i in enumerate(_PHI4_DUMMIES)},
@@ -106,17 +96,7 @@ FAMILIES = {
             " + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'assistant') %}"
             "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}"
             "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"),
-        stop_ids=[100265, 100257],
-        sources=[
-            "100257-100260, 100276: cl100k_base's own special tokens (tiktoken)",
-            "100264-100266 (<|im_start|>, <|im_end|>, <|im_sep|>) and 100349 <|dummy_85|> as padding: "
-            "Microsoft.ML.Tokenizers' Phi-4 mapping (dotnet/machinelearning) and its test "
-            "'<|im_start|>Hello<|im_sep|> World<|im_end|><|dummy_85|>' -> 100264 9906 100266 4435 100265 100349",
-            "the other ids up to 100351: <|dummy_0|> ... <|dummy_87|> in id order (the only numbering that puts "
-            "<|dummy_85|> at 100349)",
-            "bos <|endoftext|>, eos <|im_end|> (100257 also stops), pad <|dummy_85|>: a public summary of Phi-4's "
-            "tokenizer_config.json; chat template: public copies of it",
-        ]),
+        stop_ids=[100265, 100257]),
 }
 SYNTHETIC = {"phi-4-mini-instruct": "phi-4-mini", "phi-4": "phi-4"}  # synthetic config -> tokenizer family
 
