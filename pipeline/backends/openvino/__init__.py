@@ -14,9 +14,11 @@ from pipeline.layout import IR_FP16
 
 NAME = "openvino"
 Variant = OpenVINOVariant
-# What its exports import and whose version can change their bytes (toolchain/openvino.txt). The runtimes used by
+# What its exports import and whose version can change their bytes (toolchain/openvino.txt; openvino-tokenizers
+# writes the sentencepiece and tiktoken versions it finds into the tokenizer IRs). The runtimes used by
 # smoke/quality are not here: upgrading openvino-genai re-measures, it does not re-export.
-LOCK = ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "sentencepiece", "transformers", "torch")
+LOCK = ("optimum-intel", "optimum", "nncf", "openvino", "openvino-tokenizers", "sentencepiece", "tiktoken", "transformers",
+        "torch")
 
 
 def inputs(variant: OpenVINOVariant) -> tuple[str, ...]:
