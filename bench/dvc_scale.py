@@ -11,7 +11,7 @@ side for every N:
     brings the report and the check up to date, the median of --repeat;
   - `dvc status`, the median of --repeat;
   - a run in which one stage per model changes: every model's runner@<model> (its metrics file deleted), then the
-    report. Each stage command is timed by a wrapper on PATH; DVC's bookkeeping is the run's wall time less the sum
+    report; with --no-run-cache, or DVC restores them from the run cache PROJECT's earlier runs of this bench filled. Each stage command is timed by a wrapper on PATH; DVC's bookkeeping is the run's wall time less the sum
     of its commands' (the process start-ups of `aipc` count as the commands').
 Prints a table and the ratios to N=1; scratch projects go under a temp dir and are deleted unless --keep.
 """
@@ -119,7 +119,7 @@ def measure(project: Path, n: int, repeat: int, scratch: Path) -> dict:
     for m in models:
         (dest / "metrics" / m / "ir-fp16" / "runner.json").unlink()
     log.unlink(missing_ok=True)
-    run = sh(repro, dest, env)
+    run = sh([*repro, "--no-run-cache"], dest, env)  # run them: the shared cache has their outputs from past runs
     spans = [line.split(maxsplit=2) for line in log.read_text().splitlines()]
     commands = sum(float(end) - float(start) for start, end, _ in spans)
     ran = sorted({args.split()[0] for _, _, args in spans})

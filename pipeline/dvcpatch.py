@@ -1,5 +1,6 @@
 """DVC 3.67 as this project runs it, for every DVC process in the venv (plain `dvc repro` too): its state files
-written whole or not at all, and a stage's params file parsed once per process, not once per stage.
+written whole or not at all, a stage's params file parsed once per process, not once per stage, and no step whose
+cost grows with the number of directories hashed before it.
 
 Whole or not at all.
 
@@ -7,15 +8,21 @@ DVC 3.67 writes dvc.lock (and every YAML/JSON/TOML it saves: dvc/utils/serialize
 run lock .dvc/tmp/rwlock (dvc/rwlock.py `_edit_rwlock`) by opening the file for writing and streaming into it. A
 process stopped in that window (SIGTERM from a CI cancel or `timeout`, Ctrl-C) leaves the file truncated: measured,
 a `dvc repro` stopped by SIGTERM left dvc.lock at 0 bytes, and the next run failed "'./dvc.lock' validation failed"
-with every stage recorded since the last commit to find again. Here both writes go to a temp file beside the
-target that is renamed over it, so a reader sees the old file or the new one. And a run stopped while DVC saved a
-stage to its run cache can leave that stage's run-cache folder empty, on which the next run's restore crashed
-("join() argument must be str ... not 'NoneType'", dvc/stage/cache.py `_load`); an empty folder is no entry.
+with every stage recorded since the last commit to find again. Here dvc.lock goes to a temp file beside the target
+that is renamed over it, so a reader sees the old file or the new one; the rwlock, which DVC edits 16 times per
+stage it checks and whose readers hold its guard lock, is overwritten in place in one write (overwrite()). And a run
+stopped while DVC saved a stage to its run cache can leave that stage's run-cache folder empty, on which the next
+run's restore crashed ("join() argument must be str ... not 'NoneType'", dvc/stage/cache.py `_load`); an empty
+folder is no entry.
 
 Parsed once. DVC re-reads a stage's params file for every stage whose status it checks (dvc/dependency/param.py
 `read_param_file` -> `load_path`): every stage of a model reads the model's build.yaml (pipeline/dvcfiles.py), 433
 parses for 445 stages at 10 models. Here a file is parsed once per process and content (path, size, mtime, inode)
 and each caller gets its own copy: `dvc status` at 10 models 4.96 -> 3.95 s (bench/dvc_scale.py, docs/dvc.md).
+
+Linear. dvc_data's Tree.digest hashes each directory's listing as a file of fsspec's process-wide memory store,
+whose info() scans every stored key: a no-op `dvc repro` at 10 models tested 1.8M keys for its 1915 directories, and
+the count grows with the square of the models. Here the file's info comes from the store by its key.
 
 `make setup` installs this into the venv as a .pth line (install_pth()), which Python runs at start-up; it only
 registers an import hook, and each patch is applied when its DVC module is first imported.
@@ -87,10 +94,48 @@ def _patch_rwlock(module) -> None:
             lock["read"] = defaultdict(list, lock["read"])
             lock["write"] = defaultdict(dict, lock["write"])
             yield lock
-            with replacing(path) if _local(fs) else fs.open(path, "w", encoding="utf-8") as fobj:
-                json.dump(lock, fobj)
+            if _local(fs):
+                overwrite(path, json.dumps(lock))
+            else:
+                with fs.open(path, "w", encoding="utf-8") as fobj:
+                    json.dump(lock, fobj)
 
     module._edit_rwlock = _edit_rwlock
+
+
+def overwrite(path: str, text: str) -> None:
+    """Replace a small JSON file's content in one write(2), which a signal cannot split: the new text padded with
+    spaces to the old length (JSON ignores trailing whitespace), then trimmed. DVC edits the rwlock twice per lock
+    taken, 16 times per stage a no-op `dvc repro` checks; a temp file renamed over it cost 0.3-3 ms each on ext4
+    (rename over a file starts its writeback), this 0.02 ms."""
+    data = text.encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        old = os.fstat(fd).st_size
+        padded = data + b" " * (old - len(data))
+        if os.pwrite(fd, padded, 0) != len(padded):
+            raise OSError(f"{path}: short write")
+        if old > len(data):
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _patch_tree(module) -> None:
+    original = module.hash_file
+
+    def hash_file(path, fs, name, state=None, callback=None, info=None):
+        # Tree.digest hashes each directory's listing as a file in fsspec's process-wide memory store and never
+        # removes it; fsspec's MemoryFileSystem.info scans every key of that store for a directory prefix before it
+        # looks the file up: quadratic in the trees a run hashes (1.8M key tests for 1915 trees at 10 models).
+        # The file's info straight from the store (it is a file: the name is fresh) is what info() returns.
+        if info is None and getattr(fs, "protocol", None) == "memory":
+            stored = fs.fs.store.get(fs.fs._strip_protocol(path))
+            if stored is not None:
+                info = {"name": path, "size": stored.size, "type": "file"}
+        return original(path, fs, name, state=state, callback=callback, info=info)
+
+    module.hash_file = hash_file
 
 
 def _patch_stage_cache(module) -> None:
@@ -119,7 +164,8 @@ def _patch_params(module) -> None:
 
 
 PATCHES = {"dvc.utils.serialize._common": _patch_serialize, "dvc.rwlock": _patch_rwlock,
-           "dvc.stage.cache": _patch_stage_cache, "dvc.dependency.param": _patch_params}
+           "dvc.stage.cache": _patch_stage_cache, "dvc.dependency.param": _patch_params,
+           "dvc_data.hashfile.tree": _patch_tree}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -21,7 +21,7 @@ def test_the_venv_runs_dvc_with_the_patch():
     code = ("import importlib; from pipeline.dvcpatch import PATCHES; "
             "print(*(getattr(importlib.import_module(m), '__aipc_patched__', False) for m in PATCHES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True"] * 4, "the venv lacks aipc_dvcpatch.pth: run `make setup`"
+    assert out.split() == ["True"] * 5, "the venv lacks aipc_dvcpatch.pth: run `make setup`"
 
 
 def test_a_params_file_is_parsed_once_but_read_anew_when_it_changes(tmp_path):
@@ -55,6 +55,46 @@ def test_a_dump_that_dies_midway_leaves_the_old_file(tmp_path):
         _common._dump_data(lock, {}, dumper=stopped)
     assert lock.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.lock"]  # no temp file left
+
+
+def test_the_rwlock_is_rewritten_in_place_and_always_parses(tmp_path):
+    """DVC's rwlock edits, patched: the file is overwritten in one write (no temp file, no rename), and what a stop
+    between that write and the trim leaves (the new JSON padded with spaces) parses as the new content."""
+    import json
+
+    from dvc.fs import localfs
+    from dvc.rwlock import rwlock
+
+    from pipeline import dvcpatch
+
+    path = tmp_path / "rwlock"
+    with rwlock(str(tmp_path), localfs, "dvc repro", [f"/p/dep{i}" for i in range(30)], ["/p/out"], False):
+        held = json.loads(path.read_text())
+        assert len(held["read"]) == 30 and list(held["write"]) == ["/p/out"]
+        size, inode = path.stat().st_size, path.stat().st_ino
+    assert json.loads(path.read_text()) == {} and path.stat().st_ino == inode  # released, the same file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rwlock", "rwlock.lock"]  # no temp file
+    assert json.loads('{"read": {}}' + " " * size) == {"read": {}}  # the padded state before the trim
+    dvcpatch.overwrite(str(path), json.dumps(held))
+    assert json.loads(path.read_text()) == held
+
+
+def test_a_directory_hashes_as_unpatched_dvc_hashes_it(tmp_path):
+    """Tree.digest, patched to skip fsspec's quadratic MemoryFileSystem.info: the same .dir hash, the md5 of the
+    listing DVC serializes, for every tree of a run however many came before it."""
+    import hashlib
+
+    from dvc_data.hashfile.tree import Tree
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+
+    for n in range(3):
+        tree = Tree()
+        for i in range(n + 2):
+            tree.add((f"f{i}",), Meta(size=i), HashInfo("md5", hashlib.md5(str(i).encode()).hexdigest()))
+        tree.digest()
+        assert tree.hash_info.value == hashlib.md5(tree.as_bytes()).hexdigest() + ".dir"
+        assert tree.fs.cat_file(tree.path) == tree.as_bytes()
 
 
 def _chain(root):
