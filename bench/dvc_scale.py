@@ -10,7 +10,7 @@ side for every N:
   - no-op `dvc repro --all-pipelines` (every dvc.yaml's stages, as `make repro` runs them), after one run that
     brings the report and the check up to date, the median of --repeat;
   - `dvc status`, the median of --repeat;
-- a run in which one stage per model changes: every model's runner@<model> (its metrics file deleted), then the
+  - a run in which one stage per model changes: every model's runner@<model> (its metrics file deleted), then the
     report; with --no-run-cache, or DVC restores them from the run cache PROJECT's earlier runs of this bench
     filled. Each stage command is timed by a wrapper on PATH; DVC's bookkeeping is the run's wall time less the sum
     of its commands' (the process start-ups of `aipc` count as the commands').
