@@ -35,6 +35,14 @@ F32 = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_
 # Runs GenAI's NPU (static-shape) pipeline on the CPU where no NPU exists. `AUTO:NPU,CPU` would silently run the
 # ordinary CPU pipeline instead, and compiling for "NPU" alone fails without the device (DESIGN.md).
 NPU_ON_CPU = {"NPUW_DEVICES": "CPU"}
+# OpenVINO 2026.4's NPU pipeline cuts the prefill and generate models into subgraphs (NPUW's online partitioning) and
+# fails on some with "Model references undeclared parameters" (issue #25: Phi-4-mini's 128-wide partial-rotary heads
+# at 1-4 layers; its 32 pass): openvino's src/plugins/intel_npu/src/plugin/npuw/partitioning/partitioning.cpp,
+# Partitioner::identifySubgraphs, hands the Result behind the KV-cache output's Convert to the producer's group also
+# when the Convert sits in another group. Compiled whole (GenAI does the same for its small NPU models: Whisper,
+# the Eagle3 draft, src/cpp/src/utils.cpp) they run; the run is retried so, and says so.
+NPUW_WHOLE = {"NPUW_ONLINE_PIPELINE": "NONE"}
+NPUW_CUT_BUG = "Model references undeclared parameters"
 CPU_SMOKE = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
@@ -70,10 +78,10 @@ def smoke(artifact: Path, variant: OpenVINOVariant, smoke: SmokeParams, source: 
         if variant.npu:
             npu_config = {"MAX_PROMPT_LEN": smoke.npu_max_prompt_len, "MIN_RESPONSE_LEN": smoke.npu_min_response_len}
             if "NPU" in ov.Core().available_devices:
-                record["runs"].append(_run(artifact, "NPU", "NPU", npu_config, None, smoke))
+                record["runs"].append(_npu_run(artifact, "NPU", npu_config, None, smoke))
             else:
                 fallback = "no NPU device: the NPU pipeline ran on CPU (NPUW_DEVICES=CPU)"
-                record["runs"].append(_run(artifact, "NPU", "CPU", {**npu_config, **NPU_ON_CPU}, fallback, smoke))
+                record["runs"].append(_npu_run(artifact, "CPU", {**npu_config, **NPU_ON_CPU}, fallback, smoke))
     except Exception as e:
         return concluded(record, e)
     return concluded(record)
@@ -88,6 +96,14 @@ def _chat_template_parity(tokenizer, source: Path, prompts: Sequence[str]) -> di
         if ours != want:
             return {"status": "failed", "reason": f"chat template renders {prompt!r} as {ours!r}, source as {want!r}"}
     return {"status": "passed", "prompts": len(prompts)}
+
+
+def _npu_run(artifact: Path, device: str, config: dict, fallback: str | None, smoke: SmokeParams) -> dict:
+    run = _run(artifact, "NPU", device, config, fallback, smoke)
+    if NPUW_CUT_BUG not in run.get("error", ""):
+        return run
+    whole = "NPUW's partitioning failed (an OpenVINO 2026.4 bug), compiled whole (NPUW_ONLINE_PIPELINE=NONE)"
+    return _run(artifact, "NPU", device, {**config, **NPUW_WHOLE}, f"{fallback}; {whole}" if fallback else whole, smoke)
 
 
 def _run(artifact: Path, requested: str, device: str, config: dict, fallback: str | None, smoke: SmokeParams) -> dict:
