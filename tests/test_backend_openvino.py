@@ -448,3 +448,26 @@ def test_the_ir_stage_on_a_full_disk_says_so(tiny_model, tmp_path):
         assert sorted(p.name for p in (small / "artifacts/tiny").iterdir()) == ["source"]  # nothing half-written
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_bf16_constants_round_to_f16_a_block_at_a_time_as_whole(tmp_path, monkeypatch):
+    """The FP16 IR of a bf16 checkpoint: its bf16 constants rounded in the .bin a block at a time (a 200064-row
+    embedding whole took 3x its bytes) give torch's whole-tensor rounding, each shared constant rounded once."""
+    import torch
+
+    from pipeline.backends.openvino import convert
+
+    rng = np.random.default_rng(0)
+    a = torch.tensor(rng.standard_normal(1001) * 300, dtype=torch.bfloat16)  # odd count, beyond f16's subnormals too
+    b = torch.tensor(rng.standard_normal(10) * 1e-6, dtype=torch.bfloat16)
+    blob = a.view(torch.int16).numpy().tobytes() + b.view(torch.int16).numpy().tobytes()
+    (tmp_path / "openvino_model.bin").write_bytes(blob)
+    data = '<data element_type="bf16" shape="{}" offset="{}" size="{}"/>'
+    xml = (data.format(1001, 0, 2002) + data.format(1001, 0, 2002)  # two layers naming the same bytes
+           + data.format(10, 2002, 20) + '<rt_info precision="BF16"/>')
+    (tmp_path / "openvino_model.xml").write_text(xml)
+    monkeypatch.setattr(convert, "ROUND_BLOCK", 64)
+    convert._bf16_weights_to_f16(tmp_path / "openvino_model.xml")
+    want = a.to(torch.float16).numpy().tobytes() + b.to(torch.float16).numpy().tobytes()
+    assert (tmp_path / "openvino_model.bin").read_bytes() == want
+    assert 'element_type="f16"' in (tmp_path / "openvino_model.xml").read_text()
