@@ -336,9 +336,10 @@ def test_export_needs_a_checkpoint_dir(tmp_path):
 
 @pytest.mark.parametrize("precision,provider", [("int4", "cpu"), ("fp16", "dml")])
 def test_builder_within_memory_writes_the_builders_bytes(precision, provider, tmp_path):
-    """The export reads a bf16 checkpoint as stored and quantizes each weight when read (builder._within_memory);
-    the builder's own create_model, called as its CLI calls it, writes the same bytes. Each in a process of its own,
-    as a stage runs."""
+    """The export reads a bf16 checkpoint as stored and quantizes each weight when read (builder._within_memory),
+    every float32 weight cast a block of rows at a time (CAST_BLOCK made tiny: at real size only a 200k-row lm_head
+    takes that path); the builder's own create_model, called as its CLI calls it, writes the same bytes. Each in a
+    process of its own, as a stage runs."""
     import subprocess
     import sys
 
@@ -355,7 +356,7 @@ variant = OnnxGenaiVariant(backend="onnx_genai", precision={precision!r}, execut
 src = Path({str(src)!r})
 """
     calls = {
-        "ours": "builder.export(src, variant, out, inputs={}, smoke=None)",
+        "ours": "builder.CAST_BLOCK = 256\nbuilder.export(src, variant, out, inputs={}, smoke=None)",
         "theirs": """
 from onnxruntime_genai.models import builder as b
 args = (None, str(src), str(out), variant.precision, variant.execution_provider, str(out / "cache"))
