@@ -337,9 +337,9 @@ def test_export_needs_a_checkpoint_dir(tmp_path):
 @pytest.mark.parametrize("precision,provider", [("int4", "cpu"), ("fp16", "dml")])
 def test_builder_within_memory_writes_the_builders_bytes(precision, provider, tmp_path):
     """The export reads a bf16 checkpoint as stored and quantizes each weight when read (builder._within_memory),
-    every float32 weight cast a block of rows at a time (CAST_BLOCK made tiny: at real size only a 200k-row lm_head
-    takes that path); the builder's own create_model, called as its CLI calls it, writes the same bytes. Each in a
-    process of its own, as a stage runs."""
+    every weight cast for the quantizer or written to the file a block of rows at a time (CAST_BLOCK made tiny: at
+    real size only a 200k-row vocabulary layer takes that path); the builder's own create_model, called as its CLI
+    calls it, writes the same bytes. Each in a process of its own, as a stage runs."""
     import subprocess
     import sys
 

@@ -24,6 +24,8 @@ from pipeline.record import Phases
 from pipeline.weights import load_causal_lm, page_out
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pipeline.params import SmokeParams
 
 BUILDER_CACHE = ".builder-cache"  # inside the staging dir, removed before the caller renames it into place
@@ -183,6 +185,10 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
       after which the checkpoint pages it touched are handed back (weights.page_out). A stand-in the quantizer left
       alone becomes the lazy tensor again before the builder saves. (The previous form saved the float graph to
       disk and quantized it from there: twice the checkpoint's bytes on disk, and all of it resident.)
+    - When it saves (onnx_ir.save, every precision), a large weight is written a block of rows at a time
+      (_InRowBlocks) and the checkpoint pages read so far are handed back before each weight: the fp16 export held
+      the whole mapped checkpoint plus two f16 copies of the transposed tied lm_head (Phi-4-mini ort-dml-fp16
+      10.8 GB, 1.41x its FP16 bytes).
     Phi-3-mini ort-cpu-int4: 23.9 GB peak before either (3.1x its BF16 weights); README, "At real size", has now.
     """
     import numpy as np
@@ -191,7 +197,7 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
 
     base = sys.modules["builders.base"]  # the builder imports its package as top-level `builders`
     load_weights, to_nbits = base.Model.load_weights, base.Model.to_nbits
-    from_proto, to_array = ir.from_proto, onnx.numpy_helper.to_array
+    from_proto, to_array, save = ir.from_proto, onnx.numpy_helper.to_array, ir.save
     lazy: dict[str, ir.TensorProtocol] = {}
     reads = [0]
 
@@ -210,7 +216,8 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
     def read(proto):
         # C order, as the proto's raw bytes would give it: the lazy tensor of a transposed torch weight is a strided
         # view, and the quantizer's kernel reads the buffer as if it were not.
-        array = _contiguous_float(lazy[proto.name])
+        cast = _cast_of(lazy[proto.name])
+        array = _in_row_blocks(*cast) if cast else np.ascontiguousarray(lazy[proto.name].numpy())
         page_out(source)
         reads[0] += 1
         if reads[0] % 25 == 0:
@@ -228,7 +235,28 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
                 value.const_value = lazy[name]
         return model
 
+    class InRowBlocks(ir.LazyTensor):
+        """The builder's lazy cast, written to the file a block of rows at a time (C order, as tobytes gives)."""
+
+        def tofile(self, file) -> None:
+            for block in _row_blocks(*_cast_of(self)):
+                file.write(block)
+
+    def streamed(model, *args, callback=None, **kwargs):
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.LazyTensor) and _cast_of(tensor):
+                value.const_value = InRowBlocks(tensor.raw, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name)
+
+        def paging_out(tensor, info):
+            page_out(source)
+            if callback:
+                callback(tensor, info)
+
+        return save(model, *args, callback=paging_out, **kwargs)
+
     base.Model.load_weights = as_stored
+    ir.save = streamed
     if quantized:
         base.Model.to_nbits = from_stand_ins
         ir.from_proto = lambda proto: ir.Tensor(read(proto), name=proto.name) if is_stand_in(proto) \
@@ -239,33 +267,47 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
         yield
     finally:
         base.Model.load_weights, base.Model.to_nbits = load_weights, to_nbits
-        ir.from_proto, onnx.numpy_helper.to_array = from_proto, to_array
+        ir.from_proto, onnx.numpy_helper.to_array, ir.save = from_proto, to_array, save
 
 
-# A weight above this many float32 bytes is cast and laid out C-order a block of rows at a time.
+# A weight above this many bytes (in the type it is cast to) is cast and laid out a block of rows at a time.
 CAST_BLOCK = 1 << 28
 
 
-def _contiguous_float(lazy) -> np.ndarray:
-    """The builder's lazy float32 cast of a weight (an onnx_ir LazyTensor around a torch view, MatMul weights
-    transposed) as a C-order array. Whole, the cast keeps the view's strides and the C-order copy comes beside it:
-    twice the weight in float32, 4.9 GB for Phi-4-mini's tied [200064, 3072] lm_head (its ort-cpu-int4 export 1.32x
-    its FP16 bytes). Here a large one is cast into its C-order array a block of rows at a time: the same values
-    (bf16 and f16 widen to float32 exactly)."""
-    import numpy as np
+def _cast_of(lazy) -> tuple | None:
+    """(torch weight, target dtype) of the builder's lazy cast of a large 2-D weight to float16 / float32 (its
+    make_initializer closure, builders/base.py: tensor, torch_dtype), else None. Whole, the cast keeps a transposed
+    view's strides and the C-order copy the file or the quantizer needs comes beside it: twice the weight, 4.9 GB in
+    float32 for Phi-4-mini's tied [200064, 3072] lm_head (its ort-cpu-int4 export 1.32x its FP16 bytes)."""
     import torch
 
     func = getattr(lazy, "_func", None)  # onnx_ir's LazyTensor keeps it there
     cells = dict(zip(func.__code__.co_freevars, (c.cell_contents for c in func.__closure__ or ()))) \
         if hasattr(func, "__code__") else {}
-    source = cells.get("tensor")  # make_initializer's cast closure (builders/base.py): tensor, torch_dtype
-    if not isinstance(source, torch.Tensor) or cells.get("torch_dtype") is not torch.float32 or source.ndim != 2 \
-            or source.numel() * 4 <= CAST_BLOCK:
-        return np.ascontiguousarray(lazy.numpy())
-    out = np.empty(tuple(source.shape), dtype=np.float32)
-    step = max(1, CAST_BLOCK // (4 * source.shape[1]))
+    source, dtype = cells.get("tensor"), cells.get("torch_dtype")
+    if not isinstance(source, torch.Tensor) or dtype not in (torch.float16, torch.float32) or source.ndim != 2 \
+            or source.numel() * dtype.itemsize <= CAST_BLOCK:
+        return None
+    return source, dtype
+
+
+def _row_blocks(source, dtype) -> Iterator[np.ndarray]:
+    """`source` cast to `dtype`, in C order, CAST_BLOCK bytes of rows at a time: the same values (bf16 and f16
+    widen exactly; a cast is elementwise)."""
+    step = max(1, CAST_BLOCK // (dtype.itemsize * source.shape[1]))
     for i in range(0, source.shape[0], step):
-        out[i:i + step] = source[i:i + step].to(torch.float32).numpy()
+        yield source[i:i + step].to(dtype).contiguous().numpy()
+
+
+def _in_row_blocks(source, dtype) -> np.ndarray:
+    """The whole C-order array, filled from _row_blocks: one copy of the weight in `dtype`, not two."""
+    import numpy as np
+
+    out = np.empty(tuple(source.shape), dtype=source[:0].to(dtype).numpy().dtype)
+    i = 0
+    for block in _row_blocks(source, dtype):
+        out[i:i + len(block)] = block
+        i += len(block)
     return out
 
 
