@@ -1,7 +1,7 @@
 """What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
 
     python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--measure] [--kv u8,f16,f32]
-                                [--ort-threads N]
+                                [--ort-threads N] [--dq 0,32,128] [--lengths 128,1024]
 
 PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
 whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
@@ -10,7 +10,11 @@ the KV cache's share of it (config), the longest context within 8 / 16 / 32 GiB,
 16 GB budget. `--measure` runs each variant's context run again here, one after another on a machine as quiet as
 this run's load average says, and `--kv` each OpenVINO variant's with each KV cache precision too, side by side (the
 artifacts must still be under PROJECT/artifacts); `--ort-threads N` each ONNX Runtime GenAI variant's with
-`intra_op_num_threads: N` in a copy of its genai_config.json.
+`intra_op_num_threads: N` in a copy of its genai_config.json. `--dq` measures each OpenVINO INT4/INT8 variant with each
+DYNAMIC_QUANTIZATION_GROUP_SIZE (the CPU plugin's on-the-fly int8 activations; its default is 32) and, where PROJECT
+has the model's FP32 reference, scores the quality gate's per-sequence numbers (cosine, top-1, KL against the
+reference) with the same settings as a user's runtime gets them (the plugin's defaults: bf16 where the CPU has it),
+side by side. `--lengths` replaces smoke.context.lengths for the runs made here.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipeline.layout import REFERENCE  # noqa: E402
 from pipeline.params import load  # noqa: E402
+from pipeline.stages import quality, reference  # noqa: E402
 from pipeline.stages.smoke import context  # noqa: E402
 
 DECODE_TARGET = 0.8
@@ -53,6 +59,51 @@ def row(name: str, ctx: dict, smoke_rss_mb: float | None) -> str:
             + (f"{smoke_rss_mb / 1024:.1f} of {BUDGET_GB} |" if smoke_rss_mb else "- |"))
 
 
+def gate_with(artifact: Path, reference_dir: Path, config: dict) -> dict:
+    """The quality gate's per-sequence means (cosine, top-1, KL against the FP32 reference) of the IR's one-pass
+    logits on the CPU plugin with `config`."""
+    import numpy as np
+    import openvino as ov
+
+    from pipeline.backends.common import ov_feed
+
+    ref, arrays = reference.load(reference_dir)
+    request = ov.Core().compile_model(str(artifact / "openvino_model.xml"), "CPU", config).create_infer_request()
+    per_sequence = []
+    for seq in ref["sequences"]:
+        name = seq["name"]
+        request.reset_state()
+        art = np.asarray(request.infer(ov_feed(arrays[f"{name}.ids"].tolist()))["logits"][0], dtype=np.float32)
+        pos = quality.position_metrics(art, arrays[f"{name}.topk_ids"], arrays[f"{name}.topk_logprobs"],
+                                       arrays[f"{name}.lse"])
+        per_sequence.append({k: float(np.mean(v)) for k, v in pos.items()})
+    return {k: float(np.mean([s[k] for s in per_sequence])) for k in ("cosine", "top1", "kl")}
+
+
+def dq_rows(args, params, name: str, artifact: Path, source: Path, ctx_params) -> list[str]:
+    variant = params.variants[name]
+    ref_dir = args.project / "artifacts" / args.model / REFERENCE
+    rows = []
+    stage = args.project / "metrics" / args.model / name / "quality.json"
+    if stage.is_file():
+        gate = json.loads(stage.read_text())["gate"]
+        rows.append(f"| {name} | the quality stage's (f32, off) | | | | {gate['cosine']:.5f} | {gate['top1']:.4f} | "
+                    f"{gate['kl']:.4f} |")
+    for group in [int(g) for g in args.dq.split(",") if g]:
+        fresh = variant.model_copy(update={"dynamic_quantization_group_size": group})
+        ctx = context(artifact, fresh, ctx_params, source)
+        dec = ctx["derived"]["decode"] if ctx.get("measured") else {}
+        ttft = " / ".join(f"{ms / 1000:.2f}" for ms in ctx["derived"]["ttft_ms"].values()) if dec else "-"
+        gate = gate_with(artifact, ref_dir, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": str(group)}) \
+            if ref_dir.is_dir() else None
+        scored = f"{gate['cosine']:.5f} | {gate['top1']:.4f} | {gate['kl']:.4f}" if gate else "- | - | -"
+        ran = ctx.get("settings", {})
+        rows.append(f"| {name} | {group} ({ran.get('DYNAMIC_QUANTIZATION_GROUP_SIZE', '?')} read back, "
+                    f"{ran.get('INFERENCE_PRECISION_HINT', '?')}) | {dec.get('tokens_per_s', 0):.2f} | "
+                    f"{dec.get('fraction_of_bound', 0):.2f} | {ttft} | {scored} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("project", type=Path, nargs="?", default=ROOT)
@@ -62,8 +113,13 @@ def main() -> None:
     ap.add_argument("--ort-threads", type=int, default=0,
                     help="also measure ONNX Runtime GenAI variants with this intra_op_num_threads in genai_config")
     ap.add_argument("--kv", default="", help="also measure OpenVINO variants with these KV cache precisions")
+    ap.add_argument("--dq", default="", help="measure and score OpenVINO INT4/INT8 variants with these "
+                                             "DYNAMIC_QUANTIZATION_GROUP_SIZE values (0: off)")
+    ap.add_argument("--lengths", default="", help="prompt lengths for the runs made here (default: params.yaml's)")
     args = ap.parse_args()
     params = load(args.project / "params.yaml")
+    ctx_params = params.smoke.context if not args.lengths else params.smoke.context.model_copy(
+        update={"lengths": [int(n) for n in args.lengths.split(",")]})
     metrics = args.project / "metrics" / args.model
     names = args.variants.split(",") if args.variants else sorted(
         p.name for p in metrics.iterdir() if (p / "smoke.json").is_file())
@@ -71,7 +127,7 @@ def main() -> None:
     lengths = None
     head = ("| variant | runs on | decode tok/s | bound tok/s | of bound | first token s at {} tokens | "
             "KiB/token measured | KV KiB/token (config) | fits 8 / 16 / 32 GiB (tokens) | smoke peak GB |")
-    rows = []
+    rows, dq = [], []
     for name in names:
         smoke = json.loads((metrics / name / "smoke.json").read_text())
         ctx = smoke.get("context") or {}
@@ -79,7 +135,7 @@ def main() -> None:
         artifact, source = (args.project / "artifacts" / args.model / n for n in (name, "source"))
         label = name
         if args.measure:
-            ctx = context(artifact, variant, params.smoke.context, source)
+            ctx = context(artifact, variant, ctx_params, source)
             label = f"{name} (measured now)"
         rows.append(row(label, ctx, smoke.get("peak_rss_mb")))
         lengths = lengths or [p["tokens"] for p in ctx.get("points", [])]
@@ -91,16 +147,24 @@ def main() -> None:
                 config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.ort_threads
                 (copy / "genai_config.json").unlink()  # a link to the artifact's own file: not written through
                 (copy / "genai_config.json").write_text(json.dumps(config))
-                again = context(copy, variant, params.smoke.context, source)
+                again = context(copy, variant, ctx_params, source)
             rows.append(row(f"{label} with intra_op_num_threads {args.ort_threads}", again, None))
         for precision in [p for p in args.kv.split(",") if p] if variant.backend == "openvino" else []:
             fresh = variant.model_copy(update={"kv_cache_precision": precision})
-            again = context(artifact, fresh, params.smoke.context, source)
+            again = context(artifact, fresh, ctx_params, source)
             rows.append(row(f"{label} with KV {precision}", again, None))
+        if args.dq and variant.backend == "openvino" and variant.weight_format != "fp16":
+            dq += dq_rows(args, params, name, artifact, source, ctx_params)
     print(head.format(", ".join(f"{n:,}" for n in lengths or [])))
     print("|" + "---|" * 10)
     print("\n".join(rows))
     print(f"decode target: >= {DECODE_TARGET} of the bound (bold: below); budget: smoke within {BUDGET_GB} GB")
+    if dq:
+        print("\n| variant | DYNAMIC_QUANTIZATION_GROUP_SIZE | decode tok/s | of bound | first token s at {} | "
+              "cosine | top-1 | KL (gate: per-sequence means vs the FP32 reference) |".format(
+                  " / ".join(map(str, ctx_params.lengths))))
+        print("|" + "---|" * 8)
+        print("\n".join(dq))
     print(f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -236,13 +236,16 @@ def test_smoke_runs_and_records(name, tiny_model, artifacts):
             assert p["contains_expect"] == (None if p["expect"] is None else p["expect"] in p["text"])
 
 
-@pytest.mark.parametrize("precision, element_bytes", [("u8", 1), ("f16", 2)])
-def test_the_context_run_reads_back_the_kv_precision_it_ran_with(precision, element_bytes, artifacts):
+@pytest.mark.parametrize("precision, element_bytes, group", [("u8", 1, None), ("f16", 2, 128)])
+def test_the_context_run_reads_back_the_runtime_settings_it_ran_with(precision, element_bytes, group, artifacts):
     artifact = artifacts["mini-4k", "ov-int4"][0]
     context = ContextParams(lengths=[32, 256], new_tokens=4)
-    variant = VARIANTS["ov-int4"].model_copy(update={"kv_cache_precision": precision})
+    variant = VARIANTS["ov-int4"].model_copy(
+        update={"kv_cache_precision": precision, "dynamic_quantization_group_size": group})
     cost = backend.context_cost(artifact, variant, context, context.lengths)
     assert cost["settings"]["KV_CACHE_PRECISION"] == precision and cost["kv_element_bytes"] == element_bytes
+    # None leaves the plugin's own default (32 on x86), what a user's LLMPipeline gets without the setting.
+    assert cost["settings"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(group or 32)
     assert [p["tokens"] for p in cost["points"]] == [32, 256]
     for p in cost["points"]:
         assert p["ttft_ms"] > 0 and p["decode_tokens_per_s"] > 0 and p["peak_rss_mb"] > 100
@@ -281,11 +284,22 @@ def test_scoring_through_the_kv_cache_matches_one_pass_with_an_f32_cache(artifac
     assert 0.99 <= cos.mean() < 0.999999
 
 
-def test_the_kv_cache_precision_is_a_runtime_setting_recorded_only_where_it_is_not_the_default():
-    assert "kv_cache_precision" not in VARIANTS["ov-int4"].model_dump()  # provenance.json keeps its bytes
-    variant = OpenVINOVariant(backend="openvino", weight_format="int4", kv_cache_precision="f16")
+def test_runtime_settings_are_recorded_only_where_they_are_not_the_default():
+    dumped = VARIANTS["ov-int4"].model_dump()  # provenance.json keeps its bytes
+    assert "kv_cache_precision" not in dumped and "dynamic_quantization_group_size" not in dumped
+    assert 'LLMPipeline(path, "CPU")' in backend.card.usage("org/m", VARIANTS["ov-int4"])
+    variant = OpenVINOVariant(backend="openvino", weight_format="int4", kv_cache_precision="f16",
+                              dynamic_quantization_group_size=128)
     assert variant.model_dump()["kv_cache_precision"] == "f16"
-    assert 'LLMPipeline(path, "CPU", KV_CACHE_PRECISION="f16")' in backend.card.usage("org/m", variant)
+    assert variant.model_dump()["dynamic_quantization_group_size"] == 128
+    assert ('LLMPipeline(path, "CPU", KV_CACHE_PRECISION="f16", DYNAMIC_QUANTIZATION_GROUP_SIZE=128)'
+            in backend.card.usage("org/m", variant))
+
+
+@pytest.mark.parametrize("group", [8, 48, -1])
+def test_a_dynamic_quantization_group_that_the_plugin_would_not_take_is_refused(group):
+    with pytest.raises(ValueError, match="dynamic_quantization_group_size must be 0 .off. or a power of two >= 16"):
+        OpenVINOVariant(backend="openvino", weight_format="int4", dynamic_quantization_group_size=group)
 
 
 def test_smoke_failure_is_a_record_not_an_exception(tiny_model, tmp_path):

@@ -3,6 +3,11 @@ points, the card lines made from them, and the context params' validation."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from types import SimpleNamespace
+
 import pytest
 from pydantic import ValidationError
 
@@ -90,3 +95,21 @@ def test_the_kv_cache_quality_line_is_the_quality_record():
     assert "2,304-token long sequence fed 64 ids a pass" in line
     assert "f32 cache: KL 4.20e-07, top-1 1.000; u8 cache: KL 6.30e-05, top-1 0.999" in line
     assert devicecost.kv_cache_quality_line({"gate": {}}) == []
+
+
+def _killed(*args):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer ends a process: no Python error
+
+
+def test_a_context_run_killed_without_a_python_error_is_named_so(monkeypatch, tmp_path):
+    """The smoke's context run goes on in a process of its own; killed (ort-dml-fp16 at Phi-4-mini size, 23 GB on
+    the CPU provider), the record says what most likely happened, not the process pool's own words."""
+    from pipeline.stages import smoke
+
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    monkeypatch.setattr(smoke.backends, "get", lambda name: SimpleNamespace(context_cost=_killed))
+    monkeypatch.setattr(smoke.devicecost, "bandwidth", lambda: {"numpy_copy": 10.0})
+    record = smoke.context(tmp_path, SimpleNamespace(backend="any"), ContextParams(lengths=[32, 64]), tmp_path)
+    assert record["measured"] is False
+    assert record["reason"].startswith("its process was killed without a Python error (on Linux most likely the "
+                                       "kernel's OOM killer: this machine has ")

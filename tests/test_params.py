@@ -38,7 +38,7 @@ def test_misspelt_variant_key_names_key_and_closest_valid_key(tmp_path, raw):
         "params.yaml: variants.openvino.ov-int4.grup_size: unknown key; did you mean 'group_size'? (valid keys "
         "here: weight_format, sym, group_size, ratio, group_size_fallback, from_fp16_ir, npu, calibration, "
         "num_samples, seq_len, awq, scale_estimation, gptq, lora_correction, sensitivity_metric, backup_precision, "
-        "kv_cache_precision)")
+        "kv_cache_precision, dynamic_quantization_group_size)")
 
 
 def test_misspelt_top_level_key_is_named_not_reported_missing(tmp_path, raw):

@@ -183,7 +183,7 @@ def test_misspelt_params_key_fails_the_stage_naming_the_key(tmp_path, tiny_model
         "aipc: error: params.yaml: variants.openvino.ov-fp16.weight_fromat: unknown key; did you mean "
         "'weight_format'? (valid keys here: weight_format, sym, group_size, ratio, group_size_fallback, "
         "from_fp16_ir, npu, calibration, num_samples, seq_len, awq, scale_estimation, gptq, lora_correction, "
-        "sensitivity_metric, backup_precision, kv_cache_precision)"
+        "sensitivity_metric, backup_precision, kv_cache_precision, dynamic_quantization_group_size)"
     )
     assert not (proj / "artifacts").exists()
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pipeline import backends, devicecost, fsutil
@@ -69,8 +71,13 @@ def context(artifact: Path, variant: Variant, ctx: ContextParams, source: Path) 
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             cost = pool.submit(cost_fn, artifact, variant, ctx, lengths).result()
     except Exception as e:
-        print(f"[smoke] {Path(artifact).name}: context cost not measured: {one_line(e)}", file=sys.stderr)
-        return {"measured": False, "reason": one_line(e)}
+        reason = one_line(e)
+        if isinstance(e, BrokenProcessPool):  # its text says only that the process ended
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+            reason = ("its process was killed without a Python error (on Linux most likely the kernel's OOM killer: "
+                      f"this machine has {memory:.0f} GiB)")
+        print(f"[smoke] {Path(artifact).name}: context cost not measured: {reason}", file=sys.stderr)
+        return {"measured": False, "reason": reason}
     cost["host"] = devicecost.host()
     cost["derived"] = devicecost.derive(cost, weights=devicecost.weight_bytes(artifact), bandwidth_gb_s=bandwidth,
                                         config=config, budgets_gib=ctx.budgets_gib)

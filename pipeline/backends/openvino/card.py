@@ -47,6 +47,8 @@ def _data_aware_flags(variant: OpenVINOVariant) -> list[str]:
 def usage(repo: str, variant: OpenVINOVariant) -> str:
     device = "NPU" if variant.npu else "CPU"  # "GPU" for the iGPU
     kv = "" if variant.kv_cache_precision == "u8" else f', KV_CACHE_PRECISION="{variant.kv_cache_precision}"'
+    if variant.dynamic_quantization_group_size is not None:
+        kv += f", DYNAMIC_QUANTIZATION_GROUP_SIZE={variant.dynamic_quantization_group_size}"
     return f"""```sh
 pip install openvino-genai huggingface_hub
 ```

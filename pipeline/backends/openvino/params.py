@@ -11,7 +11,7 @@ from pipeline.schema import Strict
 
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
 _NEW = ("calibration", "num_samples", "seq_len", *DATA_AWARE, "sensitivity_metric", "backup_precision",
-        "kv_cache_precision")
+        "kv_cache_precision", "dynamic_quantization_group_size")
 
 
 class OpenVINOVariant(Strict):
@@ -48,6 +48,11 @@ class OpenVINOVariant(Strict):
     # CPU plugin's own default on x86). The smoke's context run uses it, the quality stage scores the long sequence
     # through a cache of it, and the card's snippet passes it where it is not the default.
     kv_cache_precision: Literal["u8", "f16", "bf16", "f32"] = "u8"
+    # A runtime setting too: the group of activations the CPU plugin quantizes to int8 on the fly for int4/int8
+    # weights (OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE; none: the plugin's own default, 32 on x86; 0: off). The
+    # smoke's context run and the card's snippet use it; the quality gate scores without it (f32, as the weights
+    # are), and bench/device_cost.py --dq scores the gate's numbers with each group beside its speed.
+    dynamic_quantization_group_size: int | None = None
 
     @model_validator(mode="after")
     def _data_aware(self) -> OpenVINOVariant:
@@ -69,6 +74,13 @@ class OpenVINOVariant(Strict):
         # their defaults, so the records (export metrics, provenance.json, model cards) keep the bytes they had.
         d = handler(self)
         return {k: v for k, v in d.items() if k not in _NEW or v != type(self).model_fields[k].default}
+
+    @field_validator("dynamic_quantization_group_size")
+    @classmethod
+    def _activation_group(cls, v: int | None) -> int | None:
+        if v is not None and v != 0 and (v < 16 or v & (v - 1)):
+            raise ValueError("dynamic_quantization_group_size must be 0 (off) or a power of two >= 16")
+        return v
 
     @field_validator("group_size")
     @classmethod

@@ -133,11 +133,19 @@ def _run(artifact: Path, requested: str, device: str, config: dict, fallback: st
     return run
 
 
+def runtime_settings(variant: OpenVINOVariant) -> dict[str, str]:
+    """The CPU plugin properties a variant asks for at run time (its card's snippet passes the same)."""
+    settings = {"KV_CACHE_PRECISION": variant.kv_cache_precision}
+    if variant.dynamic_quantization_group_size is not None:
+        settings["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(variant.dynamic_quantization_group_size)
+    return settings
+
+
 def context_cost(artifact: Path, variant: OpenVINOVariant, context: ContextParams, lengths: list[int]) -> dict:
     """Time to first token, decode speed and peak RSS at each context length, on the CPU plugin with its defaults
-    (bf16 where the CPU has it, as openvino-genai users get) and the variant's KV cache precision."""
-    return ov_context_cost(Path(artifact) / MODEL_XML, {"KV_CACHE_PRECISION": variant.kv_cache_precision}, lengths,
-                           context.new_tokens, Path(artifact).name)
+    (bf16 where the CPU has it, as openvino-genai users get) and the variant's runtime settings."""
+    return ov_context_cost(Path(artifact) / MODEL_XML, runtime_settings(variant), lengths, context.new_tokens,
+                           Path(artifact).name)
 
 
 def kv_cache_logits(artifact: Path, variant: OpenVINOVariant, input_ids: Sequence[int], precision: str,
