@@ -1,7 +1,7 @@
 """What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
 
     python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--measure] [--kv u8,f16,f32]
-                                [--ort-threads N] [--dq 0,32,128] [--lengths 128,1024]
+                                [--ort-threads N] [--dq 0,32,128] [--lengths 128,1024] [--new-tokens 64]
 
 PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
 whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
@@ -14,7 +14,8 @@ artifacts must still be under PROJECT/artifacts); `--ort-threads N` each ONNX Ru
 DYNAMIC_QUANTIZATION_GROUP_SIZE (the CPU plugin's on-the-fly int8 activations; its default is 32) and, where PROJECT
 has the model's FP32 reference, scores the quality gate's per-sequence numbers (cosine, top-1, KL against the
 reference) with the same settings as a user's runtime gets them (the plugin's defaults: bf16 where the CPU has it),
-side by side. `--lengths` replaces smoke.context.lengths for the runs made here.
+side by side. `--lengths` and `--new-tokens` replace smoke.context's for the runs made here (a decode timed over
+16 tokens, about a second at mini size, moves by 20% from run to run on a shared VM).
 """
 
 from __future__ import annotations
@@ -116,10 +117,13 @@ def main() -> None:
     ap.add_argument("--dq", default="", help="measure and score OpenVINO INT4/INT8 variants with these "
                                              "DYNAMIC_QUANTIZATION_GROUP_SIZE values (0: off)")
     ap.add_argument("--lengths", default="", help="prompt lengths for the runs made here (default: params.yaml's)")
+    ap.add_argument("--new-tokens", type=int, default=0,
+                    help="tokens decoded after each prompt in the runs made here (default: params.yaml's)")
     args = ap.parse_args()
     params = load(args.project / "params.yaml")
-    ctx_params = params.smoke.context if not args.lengths else params.smoke.context.model_copy(
-        update={"lengths": [int(n) for n in args.lengths.split(",")]})
+    ctx_params = params.smoke.context.model_copy(update={
+        **({"lengths": [int(n) for n in args.lengths.split(",")]} if args.lengths else {}),
+        **({"new_tokens": args.new_tokens} if args.new_tokens else {})})
     metrics = args.project / "metrics" / args.model
     names = args.variants.split(",") if args.variants else sorted(
         p.name for p in metrics.iterdir() if (p / "smoke.json").is_file())
