@@ -186,7 +186,7 @@ def _within_memory(source: Path, phases: Phases, quantized: bool) -> Iterator[No
       alone becomes the lazy tensor again before the builder saves. (The previous form saved the float graph to
       disk and quantized it from there: twice the checkpoint's bytes on disk, and all of it resident.)
     - When it saves (onnx_ir.save, every precision), a large weight is written a block of rows at a time
-      (_InRowBlocks) and the checkpoint pages read so far are handed back before each weight: the fp16 export held
+      (InRowBlocks) and the checkpoint pages read so far are handed back before each weight: the fp16 export held
       the whole mapped checkpoint plus two f16 copies of the transposed tied lm_head (Phi-4-mini ort-dml-fp16
       10.8 GB, 1.41x its FP16 bytes).
     Phi-3-mini ort-cpu-int4: 23.9 GB peak before either (3.1x its BF16 weights); README, "At real size", has now.

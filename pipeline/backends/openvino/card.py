@@ -46,9 +46,10 @@ def _data_aware_flags(variant: OpenVINOVariant) -> list[str]:
 
 def usage(repo: str, variant: OpenVINOVariant) -> str:
     device = "NPU" if variant.npu else "CPU"  # "GPU" for the iGPU
-    kv = "" if variant.kv_cache_precision == "u8" else f', KV_CACHE_PRECISION="{variant.kv_cache_precision}"'
+    # The runtime settings that differ from the CPU plugin's defaults (runtime.runtime_settings).
+    options = "" if variant.kv_cache_precision == "u8" else f', KV_CACHE_PRECISION="{variant.kv_cache_precision}"'
     if variant.dynamic_quantization_group_size is not None:
-        kv += f", DYNAMIC_QUANTIZATION_GROUP_SIZE={variant.dynamic_quantization_group_size}"
+        options += f", DYNAMIC_QUANTIZATION_GROUP_SIZE={variant.dynamic_quantization_group_size}"
     return f"""```sh
 pip install openvino-genai huggingface_hub
 ```
@@ -57,6 +58,6 @@ pip install openvino-genai huggingface_hub
 import huggingface_hub, openvino_genai
 
 path = huggingface_hub.snapshot_download("{repo}")
-pipe = openvino_genai.LLMPipeline(path, "{device}"{kv})
+pipe = openvino_genai.LLMPipeline(path, "{device}"{options})
 print(pipe.generate("What is the capital of France?", max_new_tokens=32))
 ```"""
