@@ -72,10 +72,15 @@ def test_data_aware_options_are_validated_before_any_export(tmp_path, variant, m
 
 
 def test_data_free_variants_record_no_data_aware_keys():
-    # Their records (export metrics, provenance.json, model cards) keep the bytes they had before the options.
+    # Their records (export metrics, provenance.json, model cards) keep the bytes they had before the options; ov-int4
+    # records the one runtime setting it asks for (dynamic_quantization_group_size, docs/device-cost.md), ov-int4-npu
+    # nothing new.
     p = params.load(ROOT / "params.yaml")
     assert p.variants["ov-int4"].model_dump() == {
         "backend": "openvino", "weight_format": "int4", "sym": True, "group_size": 128, "ratio": 0.6,
-        "group_size_fallback": "adjust", "from_fp16_ir": True, "npu": False}
+        "group_size_fallback": "adjust", "from_fp16_ir": True, "npu": False, "dynamic_quantization_group_size": 128}
+    assert p.variants["ov-int4-npu"].model_dump() == {
+        "backend": "openvino", "weight_format": "int4", "sym": True, "group_size": -1, "ratio": 1.0,
+        "group_size_fallback": "adjust", "from_fp16_ir": True, "npu": True}
     assert "algo_config" not in p.variants["ort-cpu-int4"].model_dump()
     assert p.variants["ov-int4-calib"].model_dump()["calibration"] == "pipeline/calibration/default.yaml"
