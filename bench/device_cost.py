@@ -67,9 +67,10 @@ def gate_with(artifact: Path, reference_dir: Path, config: dict) -> dict:
     import openvino as ov
 
     from pipeline.backends.common import ov_feed
+    from pipeline.backends.openvino.readback import MODEL_XML
 
     ref, arrays = reference.load(reference_dir)
-    request = ov.Core().compile_model(str(artifact / "openvino_model.xml"), "CPU", config).create_infer_request()
+    request = ov.Core().compile_model(str(artifact / MODEL_XML), "CPU", config).create_infer_request()
     per_sequence = []
     for seq in ref["sequences"]:
         name = seq["name"]
