@@ -29,6 +29,9 @@ VARIANTS = {
     "ort-cpu-int4": OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu"),
     "ort-dml-int4": OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="dml"),
     "ort-dml-fp16": OnnxGenaiVariant(backend="onnx_genai", precision="fp16", execution_provider="dml"),
+    "ort-cpu-int4-kv8": OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu",
+                                         kv_cache_quant_scheme="int8_per_channel",
+                                         calibration="pipeline/calibration/default.yaml"),
 }
 IDS = [int(i) for i in np.random.default_rng(0).integers(len(tiny.SPECIALS), tiny.VOCAB, 64)]
 
@@ -317,6 +320,111 @@ def test_a_thread_count_in_genai_config_stands(exported, tmp_path):
     cost = onnx_genai.context_cost(copy, VARIANTS["ort-cpu-int4"], ContextParams(lengths=[16, 32], new_tokens=2),
                                    [16, 32])
     assert cost["settings"]["intra_op_num_threads"] == 1
+
+
+def test_the_int8_kv_cache_reaches_the_graph_and_the_runtime(exported):
+    name = "ort-cpu-int4-kv8"
+    artifact, record = exported("mini-4k", name)
+    model = onnx.load(artifact / "model.onnx")
+    caches = [i for i in model.graph.input if i.name.startswith("past_key_values")]
+    assert caches and {i.type.tensor_type.elem_type for i in caches} == {onnx.TensorProto.INT8}
+    attention = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in model.graph.node
+                 if n.op_type == "GroupQueryAttention"]
+    assert {(a["k_quant_type"], a["v_quant_type"], a["kv_cache_bit_width"]) for a in attention} == {
+        (b"PER_CHANNEL", b"PER_CHANNEL", 8)}
+    # The graph's scales are the shipped file's, which the card's builder command names.
+    shipped = json.loads((artifact / onnx_genai.KV_SCALES).read_text())["scales"]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for layer in range(tiny._BASE["num_hidden_layers"]):
+        for side in "kv":
+            assert weights[f"model.layers.{layer}.attn.{side}_scale"].tolist() == shipped[f"{side}_scales"][layer]
+    assert record["extra_options"]["kv_cache_scale_file"] == onnx_genai.KV_SCALES
+    assert record["kv_cache_calibration"]["samples"] == 32 and record["kv_cache_calibration"]["tokens"] > 1000
+    # What runs reads it back: one byte per element.
+    cost = onnx_genai.context_cost(artifact, VARIANTS[name], ContextParams(lengths=[32, 64], new_tokens=2), [32, 64])
+    assert (cost["settings"]["kv_cache_dtype"], cost["kv_element_bytes"]) == ("int8", 1)
+    assert "this variant's cache is int8" in cost["kv_cache_options"]
+
+
+def test_the_int8_kv_cache_is_in_the_logits_the_gate_scores(exported, reference):
+    """GroupQueryAttention quantizes keys and values before it attends, in the one prompt pass too: the
+    teacher-forced logits the quality gate scores are those of the int8 cache, the same as fed a chunk at a time."""
+    import onnxruntime_genai as og
+
+    artifact, _ = exported("phi4-mini", "ort-cpu-int4-kv8")  # partial rotary: scales over rotary pairs and the rest
+    whole = onnx_genai.logits(artifact, VARIANTS["ort-cpu-int4-kv8"], IDS)
+    model = og.Model(str(artifact))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(IDS))
+    generator = og.Generator(model, params)
+    chunks = []
+    for i in range(0, len(IDS), 16):
+        generator.append_tokens(np.asarray(IDS[i:i + 16], dtype=np.int32))
+        chunks.append(np.asarray(generator.get_output("logits"))[0])
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4)
+    floating, _ = exported("phi4-mini", "ort-cpu-int4")
+    float_cache = onnx_genai.logits(floating, VARIANTS["ort-cpu-int4"], IDS)
+    assert np.abs(whole - float_cache).max() > 1e-3  # the cache's rounding is there ...
+    assert cosine(whole, reference("phi4-mini")) >= cosine(float_cache, reference("phi4-mini")) - 0.005  # ... and small
+
+
+def test_kv_cache_scales_cover_positions_the_calibration_never_reached(tiny_models, tmp_path):
+    """The calibration's own conversations at positions 3,000 on, where the rotary embedding turns each key by other
+    angles: every key stays within its scale's reach (a rotary pair's length is what the rotation keeps), where the
+    largest key of each channel at the calibrated positions is exceeded."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline import calibset
+    from pipeline.backends.common import source_ids, source_tokenizer
+    from pipeline.backends.onnx_genai import kvcache
+
+    source = tiny_models["phi4-mini"]  # partial rotary: rotary pairs and channels the rotation leaves alone
+    variant = VARIANTS["ort-cpu-int4-kv8"].model_copy(update={"num_samples": 4})
+    kvcache.calibrate(source, variant, tmp_path / "scales.json")
+    reach = np.asarray(json.loads((tmp_path / "scales.json").read_text())["scales"]["k_scales"]) * kvcache.QMAX
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = source_tokenizer(source)
+    plain, shifted = 0, 0
+    for conversation in calibset.load(variant.calibration)[:4]:
+        ids = torch.tensor([source_ids(source, tokenizer.apply_chat_template(conversation, tokenize=False))[:256]])
+        with torch.no_grad():
+            keys = [torch.stack([layer.keys[0] for layer in model(ids, position_ids=p, use_cache=True)
+                                 .past_key_values.layers]).transpose(1, 2).flatten(2).abs().amax(1).numpy()
+                    for p in (None, torch.arange(3000, 3000 + ids.shape[1])[None])]  # [layers, kv heads x head]
+        plain, shifted = np.maximum(plain, keys[0]), np.maximum(shifted, keys[1])
+    assert (shifted <= reach).all()
+    assert (shifted > plain).any()  # what a per-channel maximum would have clipped
+
+
+def test_int8_kv_cache_needs_cpu_and_a_calibration_set():
+    with pytest.raises(ValueError, match="KV cache for the cpu and cuda execution providers only, not dml"):
+        OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="dml",
+                         kv_cache_quant_scheme="int8_per_channel", calibration="pipeline/calibration/default.yaml")
+    with pytest.raises(ValueError, match="needs a calibration set for its scales"):
+        OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu",
+                         kv_cache_quant_scheme="int8_per_channel")
+    with pytest.raises(ValueError, match="calibration is read only for kv_cache_quant_scheme"):
+        OnnxGenaiVariant(backend="onnx_genai", precision="int4", execution_provider="cpu",
+                         calibration="pipeline/calibration/default.yaml")
+    # A variant without it records what it did before the option existed.
+    assert set(VARIANTS["ort-cpu-int4"].model_dump()) == {"backend", "precision", "execution_provider", "block_size",
+                                                          "is_symmetric", "accuracy_level"}
+
+
+def test_a_rebuild_of_an_int8_kv_cache_differs_only_in_its_scales(exported, tiny_models, tmp_path):
+    artifact, _ = exported("mini-4k", "ort-cpu-int4-kv8")
+    assert onnx_genai.machine_dependent(VARIANTS["ort-cpu-int4-kv8"])["files"] == ["model.onnx.data",
+                                                                                   onnx_genai.KV_SCALES]
+    assert onnx_genai.machine_dependent(VARIANTS["ort-cpu-int4"]) is None
+    assert onnx_genai.weight_difference(artifact, artifact) == {"codes": 0.0, "scales": 0.0}
+    # Fewer calibration samples: other scales, the same codes (the weights are quantized without data).
+    fewer = VARIANTS["ort-cpu-int4-kv8"].model_copy(update={"num_samples": 2})
+    onnx_genai.export(tiny_models["mini-4k"], fewer, tmp_path, inputs={}, smoke=SMOKE)
+    share = onnx_genai.weight_difference(artifact, tmp_path)
+    assert share["codes"] == 0.0 and 0 < share["scales"] < 0.5
+    float_cache, _ = exported("mini-4k", "ort-cpu-int4")
+    with pytest.raises(PipelineError, match="one export only: not the same graph"):
+        onnx_genai.weight_difference(artifact, float_cache)
 
 
 def test_smoke_failure_is_a_record(tmp_path, tiny_models):

@@ -22,7 +22,7 @@ def raw() -> dict:
 def test_repo_params_are_valid():
     p = params.load(ROOT / "params.yaml")
     assert set(p.variants) == {"ov-fp16", "ov-int4", "ov-int4-npu", "ov-int4-calib", "ov-int4-npu-calib",
-                               "ort-cpu-int4", "ort-dml-int4", "ort-dml-fp16", "npu-lib-int4", "npu-lib-int8",
+                               "ort-cpu-int4", "ort-cpu-int4-kv8", "ort-dml-int4", "ort-dml-fp16", "npu-lib-int4", "npu-lib-int8",
                                "ovep-int4-gpu", "ovep-int4-npu"}
     int4 = p.variants["ov-int4"]
     assert (int4.group_size, int4.ratio, int4.sym) == (128, 0.6, True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.backends.common import files_record, one_line, versions
+from pipeline.backends.onnx_genai import KV_SCALES, kvcache
 from pipeline.backends.onnx_genai.params import OnnxGenaiVariant
 from pipeline.backends.onnx_genai.readback import check_graph, read_back
 from pipeline.errors import PipelineError
@@ -55,6 +56,10 @@ def builder_options(variant: OnnxGenaiVariant) -> dict[str, str]:
             options["accuracy_level"] = str(variant.accuracy_level)
         if variant.algo_config is not None:
             options["algo_config"] = variant.algo_config
+    if variant.kv_cache_quant_scheme is not None:
+        # The file's name, as the artifact ships it (kvcache.py writes it there before the builder runs).
+        options["kv_cache_quant_scheme"] = variant.kv_cache_quant_scheme
+        options["kv_cache_scale_file"] = KV_SCALES
     return options
 
 
@@ -68,6 +73,10 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
     options = builder_options(variant)
     start = time.perf_counter()
     phases = Phases("builder")
+    calibrated = None
+    if variant.kv_cache_quant_scheme is not None:
+        with phases("calibrate the KV cache"):
+            calibrated = kvcache.calibrate(source, variant, out / KV_SCALES)
     try:
         translated = _run_builder(source, variant, out, options, phases)
     finally:
@@ -88,6 +97,8 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
     }
     if translated:  # only then: the records of legacy-config exports keep their bytes
         record["config_translated"] = translated
+    if calibrated:
+        record["kv_cache_calibration"] = calibrated
     return record
 
 
@@ -119,6 +130,8 @@ def _run_builder(source: Path, variant: OnnxGenaiVariant, out: Path, options: di
     # own "Reading layer N" lines on stdout are progress enough.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     args = (None, str(source), str(out), variant.precision, variant.execution_provider, str(out / BUILDER_CACHE))
+    if "kv_cache_scale_file" in options:  # recorded as the file's name in the artifact; the builder opens a path
+        options = {**options, "kv_cache_scale_file": str(out / options["kv_cache_scale_file"])}
     try:
         with _git_hidden():
             extra = builder.parse_extra_options(*args, [f"{k}={v}" for k, v in options.items()])

@@ -30,6 +30,11 @@ def read_back(artifact: Path) -> dict:
     head = producers["logits"]
     head_bits = next((onnx.helper.get_attribute_value(a) for a in head.attribute if a.name == "bits"), None)
     feed = producers.get(head.input[0])
+    cache = {onnx.TensorProto.DataType.Name(i.type.tensor_type.elem_type) for i in graph.input
+             if i.name.startswith("past_key_values")}
+    quantized = sorted({onnx.helper.get_attribute_value(a).decode() for node in graph.node
+                        if node.op_type == "GroupQueryAttention" for a in node.attribute
+                        if a.name in ("k_quant_type", "v_quant_type")})
     return {
         "producer": f"{model.producer_name} {model.producer_version}",
         "ops": dict(sorted(Counter(node.op_type for node in graph.node).items())),
@@ -48,6 +53,8 @@ def read_back(artifact: Path) -> dict:
         # MatMuls that multiply by a stored weight in floating point, i.e. were not quantized.
         "float_matmul_weights": sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers),
         "lm_head": {"op": head.op_type, "name": head.name, "reads": feed.name if feed else head.input[0]},
+        # Only where the cache is quantized: the records of float-cache exports keep their bytes.
+        **({"kv_cache": {"dtype": sorted(cache), "quant_type": quantized}} if quantized else {}),
     }
 
 
@@ -64,6 +71,13 @@ def check_graph(graph: dict, variant: OnnxGenaiVariant) -> None:
             f"{MODEL_ONNX}: the LM head ({graph['lm_head']['name']}) reads {graph['lm_head']['reads']!r}, not the "
             "final norm; the builder took another Linear for the LM head (does intermediate_size equal vocab_size?)"
         )
+    kv = graph.get("kv_cache")
+    scheme = variant.kv_cache_quant_scheme
+    if scheme and kv != {"dtype": ["INT8"], "quant_type": [scheme.split("_", 1)[1].upper()]}:
+        raise PipelineError(f"{wanted} with kv_cache_quant_scheme {scheme}, but {MODEL_ONNX}'s KV cache is "
+                            f"{kv or 'not quantized'}")
+    if not scheme and kv:
+        raise PipelineError(f"{wanted} without kv_cache_quant_scheme, but {MODEL_ONNX}'s KV cache is {kv}")
     if variant.precision in ("int4", "int8"):
         bits = 4 if variant.precision == "int4" else 8
         if nbits["count"] == 0:
@@ -102,3 +116,29 @@ def check_graph(graph: dict, variant: OnnxGenaiVariant) -> None:
             raise PipelineError(f"{wanted}, but {MODEL_ONNX} has {nbits['count']} quantized MatMulNBits")
         if floats != {dtype}:
             raise PipelineError(f"{wanted}, but {MODEL_ONNX}'s float initializers are {', '.join(sorted(floats))}")
+
+
+def weight_difference(a: Path, b: Path) -> dict:
+    """The share of elements that differ between two exports of the same graph (artifact dirs): of the integer
+    initializers (the quantized codes) and of the float ones (scales, norms, a KV cache's scales). Raises
+    PipelineError when the graphs differ: then no share means anything."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    def initializers(d: Path) -> dict:
+        return {t.name: t for t in onnx.load(str(Path(d) / MODEL_ONNX)).graph.initializer}
+
+    ia, ib = initializers(a), initializers(b)
+    if ia.keys() != ib.keys():
+        raise PipelineError(f"{Path(b).name}/{MODEL_ONNX}: initializers {sorted(ia.keys() ^ ib.keys())[:3]} are in "
+                            f"one export only: not the same graph")
+    counts = {"codes": [0, 0], "scales": [0, 0]}
+    for name, x in ia.items():
+        dx, dy = numpy_helper.to_array(x), numpy_helper.to_array(ib[name])
+        if dx.dtype != dy.dtype or dx.shape != dy.shape:
+            raise PipelineError(f"{name}: {dx.dtype}{list(dx.shape)} vs {dy.dtype}{list(dy.shape)}: not the same graph")
+        kind = counts["codes" if np.issubdtype(dx.dtype, np.integer) else "scales"]
+        kind[0] += int(np.count_nonzero(dx != dy))
+        kind[1] += dx.size
+    return {k: differing / max(total, 1) for k, (differing, total) in counts.items()}

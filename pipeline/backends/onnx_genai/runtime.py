@@ -93,8 +93,15 @@ def smoke(artifact: Path, variant: OnnxGenaiVariant, smoke: SmokeParams, source:
 
 # onnx's TensorProto element types of a KV cache input, by name.
 KV_DTYPES = {1: ("float32", 4), 10: ("float16", 2), 16: ("bfloat16", 2), 3: ("int8", 1), 2: ("uint8", 1)}
-KV_OPTIONS = ("onnxruntime-genai's model builder can store the cache in int8, int4 or fp8 (extra option "
-              "kv_cache_quant_scheme, with calibrated scales from kv_cache_scale_file); not built here yet.")
+KV_OPTIONS = ("onnxruntime-genai's model builder stores the cache in int8 with calibrated scales for the CPU and "
+              "CUDA providers: a variant with kv_cache_quant_scheme int8_per_channel (a quarter of a float32 cache).")
+
+
+def _kv_options(variant: OnnxGenaiVariant) -> str:
+    if variant.kv_cache_quant_scheme is None:
+        return KV_OPTIONS
+    return (f"this variant's cache is int8 ({variant.kv_cache_quant_scheme}), its scales calibrated on the first "
+            f"{variant.num_samples} conversations of {variant.calibration}; the quality gate's logits go through it.")
 
 
 def context_cost(artifact: Path, variant: OnnxGenaiVariant, context: ContextParams, lengths: list[int]) -> dict:
@@ -113,7 +120,7 @@ def context_cost(artifact: Path, variant: OnnxGenaiVariant, context: ContextPara
                 "kv_cache_dtype": kv, "past_present_share_buffer": search.get("past_present_share_buffer")}
     cost = genai_context_cost(model, artifact, lengths, context.new_tokens, artifact.name, settings=settings,
                               kv_cache=f"{kv} (the graph's past_key_values inputs)", kv_element_bytes=kv_bytes,
-                              kv_cache_options=KV_OPTIONS)
+                              kv_cache_options=_kv_options(variant))
     return {**cost, "fallback": run["fallback"]}
 
 
@@ -146,6 +153,8 @@ def logits(artifact: Path, variant: OnnxGenaiVariant, input_ids: Sequence[int]) 
     # After append_tokens the prompt pass's "logits" output holds every position ([1, len, vocab]), not just the
     # last: teacher forcing goes through genai itself, with no separate InferenceSession on model.onnx. (A model
     # built with prune_lm_head=true would give only the last position; the builder options above never set it.)
+    # With an int8 KV cache, GroupQueryAttention quantizes the keys and values before it attends, in the prompt pass
+    # too: these logits are the cache's (default model: fed 64 ids a pass or all at once, the same logits).
     out = np.asarray(generator.get_output("logits"))[0].astype(np.float32)
     if out.shape[0] != len(input_ids):
         raise PipelineError(f"{artifact}: genai returned logits for {out.shape[0]} of {len(input_ids)} positions")
