@@ -339,6 +339,9 @@ def test_the_int8_kv_cache_reaches_the_graph_and_the_runtime(exported):
         for side in "kv":
             assert weights[f"model.layers.{layer}.attn.{side}_scale"].tolist() == shipped[f"{side}_scales"][layer]
     assert record["extra_options"]["kv_cache_scale_file"] == onnx_genai.KV_SCALES
+    search = json.loads((artifact / "genai_config.json").read_text())["search"]
+    assert search["past_present_share_buffer"] is True  # the builder wrote false (see the next test)
+    assert record["genai_config_changed"] == {"search.past_present_share_buffer": [False, True]}
     assert record["kv_cache_calibration"]["samples"] == 32 and record["kv_cache_calibration"]["tokens"] > 1000
     # What runs reads it back: one byte per element.
     cost = onnx_genai.context_cost(artifact, VARIANTS[name], ContextParams(lengths=[32, 64], new_tokens=2), [32, 64])
@@ -366,6 +369,30 @@ def test_the_int8_kv_cache_is_in_the_logits_the_gate_scores(exported, reference)
     float_cache = onnx_genai.logits(floating, VARIANTS["ort-cpu-int4"], IDS)
     assert np.abs(whole - float_cache).max() > 1e-3  # the cache's rounding is there ...
     assert cosine(whole, reference("phi4-mini")) >= cosine(float_cache, reference("phi4-mini")) - 0.005  # ... and small
+
+
+def test_a_shared_int8_cache_decodes_the_same_logits(exported):
+    """The export turns the builder's past_present_share_buffer false back to true for an int8 cache on CPU: every
+    decode step's logits are the same bits as with the buffers the builder asked for."""
+    import onnxruntime_genai as og
+
+    artifact, _ = exported("phi4-mini", "ort-cpu-int4-kv8")
+    runs = []
+    for share in (False, True):
+        config = og.Config(str(artifact))
+        config.overlay(json.dumps({"search": {"past_present_share_buffer": share}}))
+        model = og.Model(config)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(IDS) + 48, min_length=len(IDS) + 48)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray(IDS, dtype=np.int32))
+        steps = []
+        while not generator.is_done():
+            steps.append(np.asarray(generator.get_output("logits"))[0, -1].copy())
+            generator.generate_next_token()
+        runs.append(np.stack(steps))
+    assert runs[0].shape == (48, tiny.VOCAB)
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_kv_cache_scales_cover_positions_the_calibration_never_reached(tiny_models, tmp_path):

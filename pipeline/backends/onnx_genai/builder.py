@@ -81,6 +81,7 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
         translated = _run_builder(source, variant, out, options, phases)
     finally:
         shutil.rmtree(out / BUILDER_CACHE, ignore_errors=True)
+    shared = _share_quantized_cache(out, variant)
     seconds = round(time.perf_counter() - start, 2)
     with phases("read back"):
         graph = read_back(out)
@@ -99,7 +100,27 @@ def export(source: Path, variant: OnnxGenaiVariant, out: Path, *, inputs: dict[s
         record["config_translated"] = translated
     if calibrated:
         record["kv_cache_calibration"] = calibrated
+    if shared:
+        record["genai_config_changed"] = shared
     return record
+
+
+def _share_quantized_cache(out: Path, variant: OnnxGenaiVariant) -> dict | None:
+    """genai_config.json's past_present_share_buffer back to true for an int8 cache on the CPU provider; what changed.
+
+    The builder (0.18) turns buffer sharing off for every quantized cache but CUDA's, so each decode step copies
+    the whole cache into a new present buffer. On the CPU provider (onnxruntime 1.32) the shared buffer gives the
+    same logits, bit for bit (default model, 300 greedy steps after a 700-token prompt: max difference 0.0; a test
+    holds it), and decodes faster: 174 against 134 tokens/s at 128 tokens of context, 81 against 56 at 2,048."""
+    if variant.kv_cache_quant_scheme is None or variant.execution_provider != "cpu":
+        return None
+    path = out / "genai_config.json"
+    config = json.loads(path.read_text())
+    if config["search"].get("past_present_share_buffer") is not False:
+        return None
+    config["search"]["past_present_share_buffer"] = True
+    path.write_text(json.dumps(config, indent=4))  # the builder's own layout: 4 spaces, no final newline
+    return {"search.past_present_share_buffer": [False, True]}
 
 
 def _require_gqa_rotary(source: Path) -> None:
