@@ -371,6 +371,16 @@ def test_the_int8_kv_cache_is_in_the_logits_the_gate_scores(exported, reference)
     assert cosine(whole, reference("phi4-mini")) >= cosine(float_cache, reference("phi4-mini")) - 0.005  # ... and small
 
 
+def test_a_per_tensor_int8_cache_has_one_scale_a_layer(tiny_models, tmp_path):
+    variant = VARIANTS["ort-cpu-int4-kv8"].model_copy(update={"kv_cache_quant_scheme": "int8_per_tensor",
+                                                               "num_samples": 4})
+    record = onnx_genai.export(tiny_models["mini-4k"], variant, tmp_path, inputs={}, smoke=SMOKE)
+    assert record["graph"]["kv_cache"] == {"dtype": ["INT8"], "quant_type": ["PER_TENSOR"]}
+    shipped = json.loads((tmp_path / onnx_genai.KV_SCALES).read_text())["scales"]
+    assert [len(s) for s in shipped["k_scales"]] == [1] * tiny._BASE["num_hidden_layers"]
+    assert cosine(onnx_genai.logits(tmp_path, variant, IDS), torch_logits(tiny_models["mini-4k"], IDS)) >= 0.95
+
+
 def test_a_shared_int8_cache_decodes_the_same_logits(exported):
     """The export turns the builder's past_present_share_buffer false back to true for an int8 cache on CPU: every
     decode step's logits are the same bits as with the buffers the builder asked for."""

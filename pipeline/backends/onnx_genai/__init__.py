@@ -24,7 +24,8 @@ def inputs(variant: OnnxGenaiVariant) -> tuple[str, ...]:
 WEIGHTS = "model.onnx.data"
 KV_SCALES = "kv_cache_scales.json"  # an int8 KV cache's calibrated scales (kvcache.py), as the builder reads them
 # An int8 KV cache's scales are the largest activations that the CPU's kernels computed (kvcache.py rounds them up to
-# bfloat16, so another CPU rarely moves one); the weights are quantized without data, so their codes never move.
+# bfloat16: another CPU's last bits move one only across a bfloat16 step); the weights are quantized without data, so
+# their codes must not move.
 MACHINE_DEPENDENT_WHY = "its KV cache scales are the largest activations that the CPU's float kernels computed"
 BOUND = {"code_share": 0.0, "kl_shift": 0.005}
 
