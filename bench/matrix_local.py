@@ -164,6 +164,20 @@ def lock_hashes(project: Path, prefixes=("artifacts/", "releases/")) -> dict[str
             for o in st.get("outs", []) if o["path"].startswith(prefixes)}
 
 
+def files_differ(a: Path, a_md5: str | None, b: Path, b_md5: str | None) -> list[str] | str:
+    """The files of one directory output whose bytes differ between two projects, from their DVC caches' listings
+    (a failure then names the file, not only the folder); the two hashes where a listing is not at hand."""
+    def listing(project: Path, md5: str | None) -> dict[str, str] | None:
+        obj = project / ".dvc" / "cache" / "files" / "md5" / (md5 or "")[:2] / (md5 or "")[2:]
+        if not md5 or not md5.endswith(".dir") or not obj.is_file():
+            return None
+        return {e["relpath"]: e["md5"] for e in json.loads(obj.read_text())}
+    la, lb = listing(a, a_md5), listing(b, b_md5)
+    if la is None or lb is None:
+        return f"{a_md5} != {b_md5}"
+    return sorted(f for f in set(la) | set(lb) if la.get(f) != lb.get(f))
+
+
 def single_machine(origin: Path, workdir: Path, metrics_from: Path) -> tuple[Path, float]:
     """`dvc repro --all-pipelines` in one clone (no remote); then packages and report again from `metrics_from`'s measurements."""
     where = clone(origin, workdir / "single-machine")
@@ -253,7 +267,8 @@ def run(origin: Path, workdir: Path, parallel: int = 2, kill: str | None = None,
         differ = sorted(p for p in set(mine) | set(theirs) if mine.get(p) != theirs.get(p))
         out["outputs_compared"] = len(theirs)
         if differ or not theirs:
-            failures.append(f"outputs differ from one machine's dvc repro: {differ or 'none compared'}")
+            files = {path: files_differ(assembly, mine.get(path), single, theirs.get(path)) for path in differ}
+            failures.append(f"outputs differ from one machine's dvc repro: {files or 'none compared'}")
     return out
 
 
