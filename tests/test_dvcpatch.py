@@ -37,6 +37,32 @@ def test_a_params_file_is_parsed_once_but_read_anew_when_it_changes(tmp_path):
     assert param.read_param_file(localfs, str(path), ["variants.ov-int4"]) == {"variants": {"ov-int4": {"ratio": 0.8}}}
 
 
+def test_a_stages_params_are_looked_up_as_dpath_finds_them():
+    """DVC picks each stage's values out of its params file with dpath (a glob match over every leaf); the patch
+    looks a plain key up directly. The same values for every key path of the default model's build.yaml, for keys
+    that are missing or run past a leaf, for list indices, and for a glob (which still goes through dpath)."""
+    from dvc.dependency import param
+    from dvc.fs import localfs
+
+    path = str(project.ROOT / "models" / "smollm2" / "build.yaml")
+    config = yaml.safe_load(open(path))
+
+    def paths(node, prefix=""):
+        for key, value in node.items():
+            yield prefix + key
+            if isinstance(value, dict):
+                yield from paths(value, f"{prefix}{key}.")
+
+    keys = [*paths(config), "models.nope", "variants.openvino.ov-int4.ratio.deeper", "nope", "variants.*.ov-fp16"]
+    keys += ["smoke.context.lengths.0", "smoke.context.lengths.9", "smoke.prompts.1.text", "smoke.prompts.x"]
+    assert len(keys) > 60
+    for key in keys:
+        assert param.read_param_file(localfs, path, [key], flatten=True) == \
+            param.read_param_file.__wrapped__(localfs, path, [key], flatten=True), key
+    assert param.read_param_file(localfs, path, keys, flatten=True) == \
+        param.read_param_file.__wrapped__(localfs, path, keys, flatten=True)
+
+
 def test_a_dump_that_dies_midway_leaves_the_old_file(tmp_path):
     """DVC's own _dump_data, patched: what the dumper wrote before it was stopped never reaches the file."""
     from dvc.utils.serialize import dump_yaml
@@ -77,6 +103,19 @@ def test_the_rwlock_is_rewritten_in_place_and_always_parses(tmp_path):
     assert json.loads('{"read": {}}' + " " * size) == {"read": {}}  # the padded state before the trim
     dvcpatch.overwrite(str(path), json.dumps(held))
     assert json.loads(path.read_text()) == held
+
+
+def test_an_rwlock_this_process_did_not_write_is_still_checked(tmp_path):
+    """The patch skips the schema check only for the text this process itself last wrote."""
+    from dvc.fs import localfs
+    from dvc.rwlock import RWLockFileFormatError, rwlock
+
+    with rwlock(str(tmp_path), localfs, "dvc repro", ["/p/dep"], ["/p/out"], False):
+        pass
+    (tmp_path / "rwlock").write_text('{"read": 5}')  # another process's, malformed
+    with pytest.raises(RWLockFileFormatError):
+        with rwlock(str(tmp_path), localfs, "dvc repro", ["/p/dep"], ["/p/out"], False):
+            pass
 
 
 def test_a_directory_hashes_as_unpatched_dvc_hashes_it(tmp_path):
