@@ -197,9 +197,25 @@ def _patch_params(module) -> None:
     module.load_path, module.read_param_file = load_path, read_param_file
 
 
+def _patch_dvcfile(module) -> None:
+    from dvc.utils.serialize import _common, _yaml
+
+    original = module.modify_yaml
+
+    def modify_yaml(path, fs=None):
+        # DVC updates dvc.lock after each stage it runs by parsing it round-trip (comments and styles kept for a
+        # rewrite) and dumping it whole: the round-trip parse of one model's lock takes 0.36 s, the safe parse 0.06.
+        # A lock holds no comments (DVC writes it), and DVC's dump of the safe parse is the same text (tested).
+        if os.path.basename(os.fspath(path)) != "dvc.lock":
+            return original(path, fs=fs)
+        return _common._modify_data(path, _yaml.parse_yaml, _yaml._dump, fs=fs)
+
+    module.modify_yaml = modify_yaml
+
+
 PATCHES = {"dvc.utils.serialize._common": _patch_serialize, "dvc.rwlock": _patch_rwlock,
            "dvc.stage.cache": _patch_stage_cache, "dvc.dependency.param": _patch_params,
-           "dvc_data.hashfile.tree": _patch_tree}
+           "dvc_data.hashfile.tree": _patch_tree, "dvc.dvcfile": _patch_dvcfile}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

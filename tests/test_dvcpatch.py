@@ -3,6 +3,7 @@ file is parsed once per process but never stale."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def test_the_venv_runs_dvc_with_the_patch():
     code = ("import importlib; from pipeline.dvcpatch import PATCHES; "
             "print(*(getattr(importlib.import_module(m), '__aipc_patched__', False) for m in PATCHES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True"] * 5, "the venv lacks aipc_dvcpatch.pth: run `make setup`"
+    assert out.split() == ["True"] * 6, "the venv lacks aipc_dvcpatch.pth: run `make setup`"
 
 
 def test_a_params_file_is_parsed_once_but_read_anew_when_it_changes(tmp_path):
@@ -61,6 +62,22 @@ def test_a_stages_params_are_looked_up_as_dpath_finds_them():
             param.read_param_file.__wrapped__(localfs, path, [key], flatten=True), key
     assert param.read_param_file(localfs, path, keys, flatten=True) == \
         param.read_param_file.__wrapped__(localfs, path, keys, flatten=True)
+
+
+def test_a_lock_updated_after_a_stage_is_parsed_fast_and_dumped_as_before():
+    """The patch parses dvc.lock with DVC's safe parser, not its round-trip one, before the update DVC dumps: for
+    every lock of this project, DVC's dump of what the safe parser reads is the file's text."""
+    from dvc import dvcfile
+    from dvc.utils.serialize import _yaml
+
+    assert dvcfile.modify_yaml.__module__ == "pipeline.dvcpatch"
+    locks = [project.ROOT / "dvc.lock", *sorted(project.ROOT.glob("models/*/dvc.lock"))]
+    assert len(locks) >= 2
+    for lock in locks:
+        text = lock.read_text()
+        out = io.StringIO()
+        _yaml._dump(_yaml.parse_yaml(text, str(lock)), out)
+        assert out.getvalue() == text, lock
 
 
 def test_a_dump_that_dies_midway_leaves_the_old_file(tmp_path):
