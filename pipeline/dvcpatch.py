@@ -18,7 +18,10 @@ folder is no entry.
 Parsed once. DVC re-reads a stage's params file for every stage whose status it checks (dvc/dependency/param.py
 `read_param_file` -> `load_path`): every stage of a model reads the model's build.yaml (pipeline/dvcfiles.py), 433
 parses for 445 stages at 10 models. Here a file is parsed once per process and content (path, size, mtime, inode)
-and each caller gets its own copy: `dvc status` at 10 models 4.96 -> 3.95 s (bench/dvc_scale.py, docs/dvc.md).
+and each caller gets its own copy: `dvc status` at 10 models 4.96 -> 3.95 s (bench/dvc_scale.py, docs/dvc.md). The
+stage's values are then looked up by their plain keys, not through dpath's glob walk over the whole file; the
+rwlock text this process wrote is not schema-checked again when it reads it back; and dvc.lock, rewritten after
+every stage run, is read with DVC's safe parser instead of its round-trip one (the same text dumped).
 
 Linear. dvc_data's Tree.digest hashes each directory's listing as a file of fsspec's process-wide memory store,
 whose info() scans every stored key: a no-op `dvc repro` at 10 models tested 1.8M keys for its 1915 directories, and
