@@ -13,6 +13,12 @@ from tests import tiny  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests first: under `-n 2 --dist loadfile` their files then start at once on their own
+    worker, rather than after a worker has worked through the files before them."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny random checkpoint per Phi-3 family member, built once per test session."""
