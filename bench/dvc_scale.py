@@ -1,6 +1,6 @@
 """DVC's bookkeeping as models multiply: no-op `dvc repro`, `dvc status`, and the share of a run that is DVC's own.
 
-    python bench/dvc_scale.py PROJECT [--models 1,10,50] [--repeat 3] [--keep]
+    python bench/dvc_scale.py PROJECT [--models 1,10,50] [--repeat 3] [--keep] [--against REV]
 
 PROJECT is a project whose default model has been built (`make repro`). For each N, a scratch project gets N models
 (m000, ...), each the default model's params entry under another name, with every variant: its code, dvc.yaml and
@@ -15,7 +15,8 @@ side for every N:
     PROJECT's earlier runs of this bench filled (a deleted output is restored from the cache alike). Each stage
     command is timed by a wrapper on PATH; DVC's bookkeeping is the run's wall time less the sum of its commands'
     (the process start-ups of `aipc` count as the commands').
-Prints a table and the ratios to N=1; scratch projects go under a temp dir and are deleted unless --keep.
+Prints a table and the ratios to N=1; with --against REV, every figure again with the DVC patch (pipeline/) of REV,
+alternating run by run, and this tree's / REV's. Scratch projects go under a temp dir and are deleted unless --keep.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def make(project: Path, dest: Path, n: int) -> list[str]:
     return models
 
 
-def measure(project: Path, n: int, repeat: int, scratch: Path) -> dict:
+def measure(project: Path, n: int, repeat: int, scratch: Path, against: Path | None = None) -> dict:
+    """The row for n models; with `against` (a pipeline/ tree, the DVC patch of another revision, put first on
+    PYTHONPATH), each figure is measured under both, alternating, and the other's go under "against"."""
     dest = scratch / f"n{n}"
     dest.mkdir()
     models = make(project, dest, n)
@@ -113,23 +116,41 @@ def measure(project: Path, n: int, repeat: int, scratch: Path) -> dict:
     (wrapped / "aipc").chmod(0o755)
     env = {**os.environ, "PATH": f"{wrapped}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "DVC_NO_ANALYTICS": "1"}
+    envs = {"this": env, **({"against": {**env, "PYTHONPATH": str(against)}} if against else {})}
     dvc = str(BIN / "dvc")
     repro = [dvc, "repro", "--all-pipelines"]  # every dvc.yaml's stages, as `make repro` runs them
     settle = sh(repro, dest, env)  # the report over n models, and the check's first look at the outputs
-    noop = statistics.median(sh(repro, dest, env) for _ in range(repeat))
-    status = statistics.median(sh([dvc, "status"], dest, env) for _ in range(repeat))
-    with open(dest / "pipeline" / "stages" / "runner.py", "a") as f:  # a dependency of runner@<model> alone
-        f.write("\n# bench/dvc_scale.py: a changed dependency\n")
-    log.unlink(missing_ok=True)
-    run = sh([*repro, "--no-run-cache"], dest, env)  # run them: the run cache has them from this bench's past runs
-    spans = [line.split(maxsplit=2) for line in log.read_text().splitlines()]
-    commands = sum(float(end) - float(start) for start, end, _ in spans)
-    ran = sorted({args.split()[0] for _, _, args in spans})
+    times: dict[str, dict[str, list[float]]] = {k: {"noop": [], "status": []} for k in envs}
+    for _ in range(repeat):
+        for which, e in envs.items():
+            times[which]["noop"].append(sh(repro, dest, e))
+            times[which]["status"].append(sh([dvc, "status"], dest, e))
     stages = sum(1 for lock in dest.glob("models/*/dvc.lock") for _ in yaml.safe_load(lock.read_text())["stages"])
     lock_kb = sum(p.stat().st_size for p in dest.glob("models/*/dvc.lock")) / 1e3 / max(n, 1)
-    return {"n": n, "stages": stages + 5, "lock_kb_per_model": lock_kb, "settle_s": settle, "noop_s": noop,
-            "status_s": status, "run_s": run, "commands_s": commands, "commands": len(spans), "ran": ran,
-            "bookkeeping_s": run - commands, "share": (run - commands) / run}
+    row = {"n": n, "stages": stages + 5, "lock_kb_per_model": lock_kb, "settle_s": settle}
+    for which, e in envs.items():
+        with open(dest / "pipeline" / "stages" / "runner.py", "a") as f:  # a dependency of runner@<model> alone
+            f.write(f"\n# bench/dvc_scale.py: a changed dependency ({which})\n")
+        log.unlink(missing_ok=True)
+        run = sh([*repro, "--no-run-cache"], dest, e)  # run them: the run cache has them from this bench's past runs
+        spans = [line.split(maxsplit=2) for line in log.read_text().splitlines()]
+        commands = sum(float(end) - float(start) for start, end, _ in spans)
+        figures = {"noop_s": statistics.median(times[which]["noop"]),
+                   "status_s": statistics.median(times[which]["status"]), "run_s": run, "commands_s": commands,
+                   "commands": len(spans), "ran": sorted({args.split()[0] for _, _, args in spans}),
+                   "bookkeeping_s": run - commands, "share": (run - commands) / run}
+        row.update(figures) if which == "this" else row.update(against=figures)
+    return row
+
+
+def _old_pipeline(project: Path, rev: str, scratch: Path) -> Path:
+    """pipeline/ as it was at `rev` (its DVC patch, which every DVC process of the venv imports from there when it
+    comes first on PYTHONPATH)."""
+    dest = scratch / f"pipeline-at-{rev}"
+    dest.mkdir()
+    tar = subprocess.run(["git", "archive", rev, "pipeline"], cwd=project, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+    return dest
 
 
 def main() -> None:
@@ -138,6 +159,8 @@ def main() -> None:
     ap.add_argument("--models", default="1,10,50", help="comma-separated model counts (default 1,10,50)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the scratch projects")
+    ap.add_argument("--against", metavar="REV", help="also measure every figure with pipeline/ (the DVC patch) as at "
+                                                        "this git revision, alternating with this tree's")
     args = ap.parse_args()
     project = args.project.resolve()
     if not (project / "models" / DEFAULT / "dvc.lock").is_file():
@@ -147,8 +170,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="dvc-scale-"))
     rows = []
     try:
+        against = _old_pipeline(project, args.against, scratch) if args.against else None
         for n in (int(x) for x in args.models.split(",")):
-            row = measure(project, n, args.repeat, scratch)
+            row = measure(project, n, args.repeat, scratch, against)
             rows.append(row)
             print(f"  N={n}: no-op {row['noop_s']:.2f} s, status {row['status_s']:.2f} s, run {row['run_s']:.1f} s "
                   f"({row['commands']} commands {row['commands_s']:.1f} s: {', '.join(row['ran'])})", flush=True)
@@ -162,6 +186,16 @@ def main() -> None:
         print(f"| {r['n']} | {r['stages']} | {r['lock_kb_per_model']:.0f} KB | {r['noop_s']:.2f} s "
               f"({r['noop_s'] / base['noop_s']:.1f}x) | {r['status_s']:.2f} s ({r['status_s'] / base['status_s']:.1f}x) "
               f"| {r['run_s']:.1f} s | {r['commands_s']:.1f} s | {r['bookkeeping_s']:.1f} s | {100 * r['share']:.0f}% |")
+    if args.against:
+        print(f"\nThe same at {args.against} (its pipeline/ first on PYTHONPATH), and this tree's figure / its:\n\n"
+              f"| models | no-op `dvc repro` | `dvc status` | run: wall | commands | bookkeeping | share |\n"
+              f"|---|---|---|---|---|---|---|")
+        for r in rows:
+            a = r["against"]
+            print(f"| {r['n']} | {a['noop_s']:.2f} s ({r['noop_s'] / a['noop_s']:.2f}) | {a['status_s']:.2f} s "
+                  f"({r['status_s'] / a['status_s']:.2f}) | {a['run_s']:.1f} s | {a['commands_s']:.1f} s | "
+                  f"{a['bookkeeping_s']:.1f} s ({r['bookkeeping_s'] / a['bookkeeping_s']:.2f}) | "
+                  f"{100 * a['share']:.0f}% |")
     print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}; scratch: {scratch if args.keep else 'deleted'}")
 
 
