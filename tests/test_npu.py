@@ -374,3 +374,27 @@ def test_the_npu_pipeline_runs_phi4_minis_partial_rotary_with_128_wide_heads(tmp
     # the retry (runtime._npu_run) can go.
     with pytest.raises(RuntimeError, match=runtime.NPUW_CUT_BUG):
         openvino_genai.LLMPipeline(str(out), "NPU", MAX_PROMPT_LEN=128, MIN_RESPONSE_LEN=32, **runtime.NPU_ON_CPU)
+
+
+CRASHING_WORKER = """import json, os, signal, sys
+flag = os.environ["AIPC_TEST_CRASHED"]
+if not os.path.exists(flag):  # the first run dies as the library's CPU path does now and then
+    open(flag, "w").close()
+    os.kill(os.getpid(), signal.SIGSEGV)
+open(sys.argv[-1], "w").write(json.dumps({"answered": sys.argv[1]}))
+"""
+
+
+@pytest.mark.parametrize("command, retried", [("run", True), ("export", False)])
+def test_a_worker_killed_by_sigsegv_is_run_once_more_only_when_it_only_reads(tmp_path, monkeypatch, command, retried):
+    worker = tmp_path / "worker.py"
+    worker.write_text(CRASHING_WORKER)
+    monkeypatch.setattr(npu_lib, "WORKER", worker)
+    monkeypatch.setenv("AIPC_TEST_CRASHED", str(tmp_path / "crashed"))
+    if not retried:
+        with pytest.raises(PipelineError, match=r"worker `export` failed \(exit -11\)"):
+            npu_lib._worker(command, "artifact", request={})
+        return
+    result, logits = npu_lib._worker(command, "artifact", request={})
+    assert result["answered"] == "run" and logits == []
+    assert result["retried"].startswith("intel-npu-acceleration-library worker `run` failed (exit -11)")

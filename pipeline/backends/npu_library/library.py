@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,24 @@ def lock_lines() -> list[str]:
 
 def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
     """Run one worker command in the library's environment; return its result and the logits it computed, one
-    array per sequence of request["logits"]."""
+    array per sequence of request["logits"]. A `run` (read-only: the artifact is only loaded) that dies of SIGSEGV
+    is run once more: the archived library's CPU path crashes now and then (a tiny model's smoke, once in three
+    test suites on a loaded machine), and its result then says so."""
+    try:
+        return _worker_once(*args, request=request)
+    except _Crashed as crash:
+        if args[0] != "run":
+            raise PipelineError(str(crash)) from None
+        print(f"[npu-lib] {crash}; running it once more", file=sys.stderr)
+        result, logits = _worker_once(*args, request=request)
+        return {**result, "retried": str(crash)}, logits
+
+
+class _Crashed(Exception):
+    pass
+
+
+def _worker_once(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
     with tempfile.TemporaryDirectory(prefix="aipc-npu-") as tmp:
         tmp = Path(tmp)
         (tmp / "request.json").write_text(json.dumps(request))
@@ -85,8 +103,8 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
                 if line.strip() and "Warning" not in line:
                     last = line.strip()
         if proc.returncode != 0:
-            raise PipelineError(f"intel-npu-acceleration-library worker `{args[0]}` failed (exit "
-                                f"{proc.returncode}): {last}")
+            failed = f"intel-npu-acceleration-library worker `{args[0]}` failed (exit {proc.returncode}): {last}"
+            raise _Crashed(failed) if proc.returncode == -signal.SIGSEGV else PipelineError(failed)
         logits = [np.load(tmp / f"logits-{i}.npy") for i in range(len(request.get("logits", [])))]
         return json.loads((tmp / "result.json").read_text()), logits
 
