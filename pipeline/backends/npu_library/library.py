@@ -74,14 +74,14 @@ def _worker(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
         return _worker_once(*args, request=request)
     except _Crashed as crash:
         if args[0] != "run":
-            raise PipelineError(str(crash)) from None
+            raise
         print(f"[npu-lib] {crash}; running it once more", file=sys.stderr)
         result, logits = _worker_once(*args, request=request)
         return {**result, "retried": str(crash)}, logits
 
 
-class _Crashed(Exception):
-    pass
+class _Crashed(PipelineError):
+    """A worker killed by SIGSEGV: a PipelineError (one line) wherever it is not retried, a second crash too."""
 
 
 def _worker_once(*args: str, request: dict) -> tuple[dict, list[np.ndarray]]:
