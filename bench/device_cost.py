@@ -1,7 +1,8 @@
 """What each artifact costs on the device, every figure beside its bound or budget, from one project's smoke records.
 
     python bench/device_cost.py [PROJECT] [--model smollm2] [--variants a,b] [--measure] [--kv u8,f16,f32]
-                                [--ort-threads N] [--dq 0,32,128] [--lengths 128,1024] [--new-tokens 64]
+                                [--ort-threads N] [--dq 0,32,128] [--ov-config JSON ...] [--lengths 128,1024]
+                                [--new-tokens 64]
 
 PROJECT (default: this checkout; a bench/real_size.py dir for real size) holds metrics/<model>/<variant>/smoke.json,
 whose `context` the smoke stage measured (pipeline/devicecost.py): decode tokens/s beside the memory-bandwidth bound
@@ -14,22 +15,28 @@ artifacts must still be under PROJECT/artifacts); `--ort-threads N` each ONNX Ru
 DYNAMIC_QUANTIZATION_GROUP_SIZE (the CPU plugin's on-the-fly int8 activations; its default is 32) and, where PROJECT
 has the model's FP32 reference, scores the quality gate's per-sequence numbers (cosine, top-1, KL against the
 reference) with the same settings as a user's runtime gets them (the plugin's defaults: bf16 where the CPU has it),
-side by side. `--lengths` and `--new-tokens` replace smoke.context's for the runs made here (a decode timed over
+side by side. `--ov-config '{"INFERENCE_PRECISION_HINT": "f32"}'` (repeatable) measures each OpenVINO variant
+again with those CPU plugin properties over its own (what a thread count or an activation precision does to decode).
+`--lengths` and `--new-tokens` replace smoke.context's for the runs made here (a decode timed over
 16 tokens, about a second at mini size, moves by 20% from run to run on a shared VM).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipeline import backends  # noqa: E402
+from pipeline.backends.common import ov_context_cost  # noqa: E402
 from pipeline.layout import REFERENCE  # noqa: E402
 from pipeline.params import load  # noqa: E402
 from pipeline.stages import quality, reference  # noqa: E402
@@ -82,6 +89,15 @@ def gate_with(artifact: Path, reference_dir: Path, config: dict) -> dict:
     return {k: float(np.mean([s[k] for s in per_sequence])) for k in ("cosine", "top1", "kl")}
 
 
+def ov_cost_with(artifact: Path, variant, ctx_params, lengths: list[int], *, extra: dict) -> dict:
+    """The OpenVINO backend's context_cost with `extra` CPU plugin properties over the variant's own. Module-level,
+    so that context()'s spawned process can unpickle it (as `__mp_main__`)."""
+    from pipeline.backends.openvino.runtime import MODEL_XML, runtime_settings
+
+    return ov_context_cost(Path(artifact) / MODEL_XML, {**runtime_settings(variant), **extra}, lengths,
+                           ctx_params.new_tokens, Path(artifact).name)
+
+
 def dq_rows(args, params, name: str, artifact: Path, source: Path, ctx_params) -> list[str]:
     variant = params.variants[name]
     ref_dir = args.project / "artifacts" / args.model / REFERENCE
@@ -117,6 +133,8 @@ def main() -> None:
     ap.add_argument("--kv", default="", help="also measure OpenVINO variants with these KV cache precisions")
     ap.add_argument("--dq", default="", help="measure and score OpenVINO INT4/INT8 variants with these "
                                              "DYNAMIC_QUANTIZATION_GROUP_SIZE values (0: off)")
+    ap.add_argument("--ov-config", action="append", default=[], type=json.loads, metavar="JSON",
+                    help="also measure OpenVINO variants with these CPU plugin properties over their own (repeatable)")
     ap.add_argument("--lengths", default="", help="prompt lengths for the runs made here (default: params.yaml's)")
     ap.add_argument("--new-tokens", type=int, default=0,
                     help="tokens decoded after each prompt in the runs made here (default: params.yaml's)")
@@ -158,6 +176,12 @@ def main() -> None:
             fresh = variant.model_copy(update={"kv_cache_precision": precision})
             again = context(artifact, fresh, ctx_params, source)
             rows.append(row(f"{label} with KV {precision}", again, None))
+        for extra in args.ov_config if variant.backend == "openvino" else []:
+            # context() runs the backend's context_cost in a process of its own: this one, properties added
+            override = functools.partial(ov_cost_with, extra=extra)
+            with mock.patch.object(backends.get("openvino"), "context_cost", override):
+                again = context(artifact, variant, ctx_params, source)
+            rows.append(row(f"{label} with {', '.join(f'{k} {v}' for k, v in extra.items())}", again, None))
         if args.dq and variant.backend == "openvino" and variant.weight_format != "fp16":
             dq += dq_rows(args, params, name, artifact, source, ctx_params)
     print(head.format(", ".join(f"{n:,}" for n in lengths or [])))
