@@ -152,7 +152,10 @@ def main() -> None:
             "KiB/token measured | KV KiB/token (config) | fits 8 / 16 / 32 GiB (tokens) | smoke peak GB |")
     rows, dq = [], []
     for name in names:
-        smoke = json.loads((metrics / name / "smoke.json").read_text())
+        record = metrics / name / "smoke.json"
+        if not record.is_file() and not args.measure:
+            sys.exit(f"{record}: no smoke record; run its smoke stage, or pass --measure")
+        smoke = json.loads(record.read_text()) if record.is_file() else {}
         ctx = smoke.get("context") or {}
         variant = params.variants[name]
         artifact, source = (args.project / "artifacts" / args.model / n for n in (name, "source"))
