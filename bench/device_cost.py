@@ -98,6 +98,14 @@ def ov_cost_with(artifact: Path, variant, ctx_params, lengths: list[int], *, ext
                            ctx_params.new_tokens, Path(artifact).name)
 
 
+def properties(text: str) -> dict[str, str]:
+    """--ov-config's value: a JSON object of CPU plugin properties (argparse names the option when this raises)."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text}: not a JSON object of CPU plugin properties")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def dq_rows(args, params, name: str, artifact: Path, source: Path, ctx_params) -> list[str]:
     variant = params.variants[name]
     ref_dir = args.project / "artifacts" / args.model / REFERENCE
@@ -133,7 +141,7 @@ def main() -> None:
     ap.add_argument("--kv", default="", help="also measure OpenVINO variants with these KV cache precisions")
     ap.add_argument("--dq", default="", help="measure and score OpenVINO INT4/INT8 variants with these "
                                              "DYNAMIC_QUANTIZATION_GROUP_SIZE values (0: off)")
-    ap.add_argument("--ov-config", action="append", default=[], type=json.loads, metavar="JSON",
+    ap.add_argument("--ov-config", action="append", default=[], type=properties, metavar="JSON",
                     help="also measure OpenVINO variants with these CPU plugin properties over their own (repeatable)")
     ap.add_argument("--lengths", default="", help="prompt lengths for the runs made here (default: params.yaml's)")
     ap.add_argument("--new-tokens", type=int, default=0,
