@@ -142,12 +142,14 @@ def test_every_configured_build_has_a_status_and_nothing_else_a_row(project):
     report.run(GATE, VARIANTS, {"tiny": ["ov-int4", "ort-cpu-int4"]}, project / "metrics", project / "r.json")
 
 
-def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path):
-    """bench/real_size.py deletes each route's multi-GB outputs as it goes; its table then takes the weights' bytes
-    from the synthetic fetch record (whose `files` is a list of names) and each export's from its own record."""
+def _real_size():
     spec = importlib.util.spec_from_file_location("real_size", ROOT / "bench" / "real_size.py")
     real_size = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(real_size)
+    return real_size
+
+
+def _fetched_and_exported(tmp_path):
     metrics = tmp_path / "metrics" / "m"
     fetched = {"files": ["config.json", "model-00001-of-00002.safetensors"], "total_size": 2**30}
     fsutil.write_json(metrics / "source/fetch.json",
@@ -155,6 +157,30 @@ def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path
     exported = {"files": {"openvino_model.bin": 2**28, "openvino_model.xml": 2**20}, "phases": [["compress", 31.0]]}
     fsutil.write_json(metrics / "ov-int4/export.json", {"stage": "openvino-export@m-ov-int4", "wall_s": 37.0,
                                                          "peak_rss_mb": 512.0, "export": exported})
-    rows = real_size.table(tmp_path, "m").splitlines()
+
+
+def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path):
+    """bench/real_size.py deletes each route's multi-GB outputs as it goes; its table then takes the weights' bytes
+    from the synthetic fetch record (whose `files` is a list of names) and each export's from its own record."""
+    _fetched_and_exported(tmp_path)
+    rows = _real_size().table(tmp_path, "m").splitlines()
     assert rows[2].startswith("| fetch@m | 56 s | 0.1 GB | 1.07 GB | 0.10 |")
     assert rows[3] == "| openvino-export@m-ov-int4 | 37 s | 0.5 GB | 1.07 GB | 0.50 | 0.27 GB | compress 31 s |"
+
+
+def test_a_real_size_rerun_sets_the_last_runs_measurements_aside(tmp_path):
+    """A rerun in the same directory starts its own table, and the last run's metrics, logs and lock are moved, not
+    deleted: `--dir <runs/time> --table` prints the same table as before."""
+    real_size = _real_size()
+    _fetched_and_exported(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "openvino.log").write_text("export: compress\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    before = real_size.table(tmp_path, "m")
+    kept = real_size.set_aside(tmp_path)
+    assert kept.parent == tmp_path / "runs"
+    assert not any((tmp_path / p).exists() for p in ("metrics", "logs", "dvc.lock"))
+    assert (kept / "logs" / "openvino.log").read_text() == "export: compress\n"
+    assert (kept / "dvc.lock").is_file()
+    assert real_size.table(kept, "m") == before
+    assert real_size.set_aside(tmp_path) is None  # nothing of a run left to keep
