@@ -13,7 +13,7 @@ stages are the targets, so fetch, ir, reference, export, smoke and quality run o
 time); `--until smoke` stops at the smoke stages (no reference, quality or package); `--until smoke-package` then runs
 `aipc package` of each variant by hand (a synthetic model is packaged ungated; DVC's package stage would wait on the
 reference and quality, which Phi-3-medium's size puts out of reach here); `--until export` runs only the exports.
-Logs: DIR/logs/<route>.log. A rerun in the same DIR first moves the last run's metrics, logs and dvc.lock to
+Logs: DIR/logs/<route>.log. A rerun in the same DIR first moves the last run's metrics and logs to
 DIR/runs/<time>/ (`--dir DIR/runs/<time> --table` prints its table again).
 
 The table, from each stage's own metrics (metrics/<model>/**/*.json: wall_s, peak_rss_mb, phases): stage, wall,
@@ -57,16 +57,18 @@ def setup(config: str, project: Path, routes: list[str], only: list[str]) -> str
                           for b, group in params["variants"].items()}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     set_aside(project)
-    for path in [project / "reports"] + [p for p in (project / "models").iterdir() if p.is_dir()]:
-        shutil.rmtree(path, ignore_errors=True)  # `aipc repro` writes the model's files anew
+    for path in [project / "dvc.lock", project / "reports"] + [
+            p for p in (project / "models").iterdir() if p.is_dir()]:  # `aipc repro` writes the model's files anew
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return model
 
 
 def set_aside(project: Path) -> Path | None:
-    """Move an earlier run's metrics, logs and dvc.lock to runs/<its end time>/, where `--dir` with `--table` prints
-    its table again: the next run starts without them (its table is its own) and an hour of measurements is not
-    lost to a rerun. Its outputs stay in the DVC cache, so DVC's run cache restores what did not change."""
-    found = [project / p for p in ("metrics", "logs", "dvc.lock") if (project / p).exists()]
+    """Move an earlier run's metrics and logs to runs/<its end time>/, where `--dir` with `--table` prints its table
+    again: the next run starts without them (its table is its own) and an hour of measurements is not lost to a
+    rerun. Its lock files go (setup()); its outputs stay in the DVC cache, whose run cache restores what did not
+    change."""
+    found = [project / p for p in ("metrics", "logs") if (project / p).exists()]
     if not found:
         return None
     ended = max(p.stat().st_mtime for p in found)

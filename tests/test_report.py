@@ -169,18 +169,16 @@ def test_real_size_table_reads_the_metrics_after_the_artifacts_are_gone(tmp_path
 
 
 def test_a_real_size_rerun_sets_the_last_runs_measurements_aside(tmp_path):
-    """A rerun in the same directory starts its own table, and the last run's metrics, logs and lock are moved, not
+    """A rerun in the same directory starts its own table, and the last run's metrics and logs are moved, not
     deleted: `--dir <runs/time> --table` prints the same table as before."""
     real_size = _real_size()
     _fetched_and_exported(tmp_path)
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "openvino.log").write_text("export: compress\n")
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     before = real_size.table(tmp_path, "m")
     kept = real_size.set_aside(tmp_path)
     assert kept.parent == tmp_path / "runs"
-    assert not any((tmp_path / p).exists() for p in ("metrics", "logs", "dvc.lock"))
+    assert not any((tmp_path / p).exists() for p in ("metrics", "logs"))
     assert (kept / "logs" / "openvino.log").read_text() == "export: compress\n"
-    assert (kept / "dvc.lock").is_file()
     assert real_size.table(kept, "m") == before
     assert real_size.set_aside(tmp_path) is None  # nothing of a run left to keep
